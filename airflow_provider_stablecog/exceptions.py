@@ -1,0 +1,242 @@
+"""Errors raised by the Stablecog client, hook, operators and sensors.
+
+The Stablecog API answers ``{"error": "<code>"}`` without a human description, so every
+exception here carries the code *and* a sentence that tells the user what to do.
+What happens next is decided by class, never by message text::
+
+    StablecogError                      base: .code, .status_code, .retry_after
+    ├── StablecogConfigError            bad connection or arguments; no request was sent
+    ├── StablecogFatalError             stop the whole batch at once; retrying cannot help
+    │   ├── StablecogAuthError          401 Unauthorized, 403 user_banned
+    │   └── InsufficientCreditsError    400 insufficient_credits (never retried)
+    ├── StablecogInputError             this one item is bad (invalid_image_url, output_not_found,
+    │                                   image_url_width_height_error, invalid_model_id, ...)
+    ├── StablecogRetryableError         transient: retried with backoff, bounded
+    │   ├── RateLimitError              429 (plain text) with Retry-After
+    │   ├── QueueLimitError             400 queue_limit_reached
+    │   ├── UpscaleTimeoutError         500 TIMEOUT (credit refunded by the server)
+    │   ├── StablecogServerError        500 unknown worker failure, 502/503/504
+    │   └── StablecogConnectionError    connection refused/reset, read timeout, dropped answer
+    ├── StablecogAPIError               any other answer we do not know (not retried)
+    └── CancelledError                  the batch was stopped (on_kill, a fatal error elsewhere)
+
+:func:`error_from_response` is the one place that turns an HTTP answer into one of these; the
+sync client (requests) and the async trigger path (httpx) both call it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+
+# What each server code means, in words a user can act on.
+CODE_EXPLANATIONS: dict[str, str] = {
+    "Unauthorized": (
+        "the API key was rejected (missing, malformed, unknown or deactivated). Put a valid key "
+        "(sc-...) in the password field of the Stablecog connection"
+    ),
+    "user_banned": "the Stablecog account behind this API key is banned; contact Stablecog support",
+    "image_not_owned": (
+        "the s3:// upload key belongs to another account; upload the image again with this "
+        "connection's API key"
+    ),
+    "insufficient_credits": (
+        "the account has no credits left for this request; buy or add credits, then clear the "
+        "task to resume (finished images are not charged again)"
+    ),
+    "queue_limit_reached": (
+        "more than 50 of the account's requests are already waiting; lower max_concurrency "
+        "(this is retried automatically)"
+    ),
+    "invalid_image_url": (
+        "the input is neither an output ID, an http(s) image URL nor an s3:// upload key of this "
+        "account; check the item"
+    ),
+    "image_url_width_height_error": (
+        "the server could not use the image: the URL must answer HEAD with a Content-Length and "
+        "GET with Content-Type image/jpeg, image/png or image/webp, at most 10 MiB and "
+        "1,048,576 pixels (e.g. 1024x1024); fix or downscale the image"
+    ),
+    "output_not_found": (
+        "the UUID is not an output of one of this account's generations; check the output ID"
+    ),
+    "init_image_not_found": "the s3:// upload key is unknown; upload the image again",
+    "invalid_model_id": (
+        "the model_id is not a known upscale model; list models with "
+        "StablecogHook().list_upscale_models() or leave model_id unset for the default"
+    ),
+    "json_parse_error": (
+        "the request body could not be parsed (for example a model_id that is not a UUID); "
+        "check the arguments"
+    ),
+    "invalid_file": "the uploaded file is not a JPEG, PNG or WebP image",
+    "image_too_large": "the uploaded file is larger than 10 MiB; downscale or recompress it",
+    "rate_limited": "the per-IP rate limit was hit; lower rate_limit (this is retried after Retry-After)",
+    "TIMEOUT": (
+        "the upscale worker took longer than 240 s; the credit was refunded (this is retried)"
+    ),
+    "unknown_error": "the upscale worker failed; the credit was refunded (this is retried)",
+    "bad_gateway": "the Stablecog service or its proxy is unavailable (this is retried)",
+    "connection_error": "the Stablecog API could not be reached or the answer was cut off",
+}
+
+INPUT_ERROR_CODES = frozenset(
+    {
+        "invalid_image_url",
+        "image_url_width_height_error",
+        "output_not_found",
+        "init_image_not_found",
+        "invalid_model_id",
+        "json_parse_error",
+        "image_not_owned",
+        "invalid_file",
+        "image_too_large",
+    }
+)
+WORKER_FAILURE_CODES = frozenset({"An unknown error has occured", "unknown_error"})
+
+
+class StablecogError(Exception):
+    """Base of every error this provider raises."""
+
+    default_code = "error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        status_code: int | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code or self.default_code
+        self.status_code = status_code
+        self.retry_after = retry_after
+
+
+class StablecogConfigError(StablecogError, ValueError):
+    """The connection or the arguments are wrong; nothing was sent."""
+
+    default_code = "config_error"
+
+
+class StablecogFatalError(StablecogError):
+    """Retrying cannot help and no other request will succeed: stop the batch."""
+
+
+class StablecogAuthError(StablecogFatalError):
+    """401 or 403: the key is bad, or the account is banned."""
+
+    default_code = "Unauthorized"
+
+
+class InsufficientCreditsError(StablecogFatalError):
+    """400 insufficient_credits. Never retried."""
+
+    default_code = "insufficient_credits"
+
+
+class StablecogInputError(StablecogError):
+    """One item is bad; other items of a batch are unaffected."""
+
+    default_code = "invalid_input"
+
+
+class StablecogRetryableError(StablecogError):
+    """A transient failure, retried with backoff (bounded in count and time)."""
+
+
+class RateLimitError(StablecogRetryableError):
+    """429 Too Many Requests; ``retry_after`` holds the server's Retry-After in seconds."""
+
+    default_code = "rate_limited"
+
+
+class QueueLimitError(StablecogRetryableError):
+    default_code = "queue_limit_reached"
+
+
+class UpscaleTimeoutError(StablecogRetryableError):
+    default_code = "TIMEOUT"
+
+
+class StablecogServerError(StablecogRetryableError):
+    default_code = "unknown_error"
+
+
+class StablecogConnectionError(StablecogRetryableError):
+    default_code = "connection_error"
+
+
+class StablecogAPIError(StablecogError):
+    """An answer this provider does not know; not retried."""
+
+    default_code = "api_error"
+
+
+class CancelledError(StablecogError):
+    """The batch was stopped before this request was sent; nothing was charged for it."""
+
+    default_code = "cancelled"
+
+
+def explain(code: str) -> str:
+    """The user-facing sentence for a server code (or a generic one)."""
+    return CODE_EXPLANATIONS.get(code, f"the Stablecog API answered with error code {code!r}")
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """The single retry predicate: by class only."""
+    return isinstance(exc, StablecogRetryableError)
+
+
+def _parse_retry_after(headers: Mapping[str, str]) -> float | None:
+    value = headers.get("Retry-After") or headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None
+
+
+def _error_code(text: str) -> str | None:
+    try:
+        body = json.loads(text)
+    except ValueError:
+        return None
+    if isinstance(body, dict) and isinstance(body.get("error"), str):
+        return body["error"]
+    return None
+
+
+def error_from_response(
+    status_code: int, headers: Mapping[str, str], text: str, *, context: str = ""
+) -> StablecogError:
+    """Classify an error answer. ``context`` (e.g. ``"upscale of 'x.png'"``) leads the message."""
+    code = _error_code(text)
+    retry_after = _parse_retry_after(headers)
+    cls: type[StablecogError]
+    if status_code == 429:
+        cls, code = RateLimitError, "rate_limited"
+    elif code == "insufficient_credits":
+        cls = InsufficientCreditsError
+    elif code == "queue_limit_reached":
+        cls = QueueLimitError
+    elif code in INPUT_ERROR_CODES:
+        cls = StablecogInputError
+    elif status_code in (401, 403):
+        cls, code = StablecogAuthError, code or "Unauthorized"
+    elif code == "TIMEOUT":
+        cls = UpscaleTimeoutError
+    elif status_code == 500:
+        cls, code = StablecogServerError, "unknown_error" if code in WORKER_FAILURE_CODES or not code else code
+    elif status_code in (502, 503, 504):
+        cls, code = StablecogServerError, "bad_gateway"
+    else:
+        cls, code = StablecogAPIError, code or f"http_{status_code}"
+    prefix = f"{context}: " if context else ""
+    message = f"{prefix}{code} (HTTP {status_code}): {explain(code)}"
+    return cls(message, code=code, status_code=status_code, retry_after=retry_after)
