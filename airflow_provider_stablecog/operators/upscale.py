@@ -1,0 +1,377 @@
+"""UpscaleOperator: upscale every image listed in XCom, concurrently, credit-aware and resumable.
+
+Example::
+
+    from airflow_provider_stablecog.operators.upscale import UpscaleOperator
+
+    UpscaleOperator(
+        task_id="upscale",
+        inputs=list_images.output,           # URLs, output IDs, s3:// upload keys, files
+        destination="s3://my-bucket/upscaled/{{ ds }}/",
+        credit_reserve=50,
+    )
+
+See :mod:`airflow_provider_stablecog.utils.inputs` for how each item is classified and
+:mod:`airflow_provider_stablecog.batch` for how the batch runs.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Sequence
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk import BaseOperator
+
+from airflow_provider_stablecog.hooks.stablecog import StablecogHook
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context, ObjectStoragePath
+
+    from airflow_provider_stablecog.batch import BatchReport, ItemResult
+    from airflow_provider_stablecog.utils.inputs import InputPlan
+
+_UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+MAX_ERRORS_SHOWN = 5
+
+
+class UpscaleOperator(BaseOperator):
+    """Upscale images 4× with Stablecog (1 credit each).
+
+    :param inputs: a list (or one string) of image URLs, Stablecog output IDs, ``s3://`` upload
+        keys, local paths / ``file://`` URLs or object-storage paths; usually an XComArg
+        (``inputs=upstream.output``). Templated. Duplicates are upscaled once.
+    :param destination: where to write the upscaled images and ``manifest.jsonl``: a local path
+        or any ObjectStoragePath URL (``s3://bucket/prefix``). Templated. Without it nothing is
+        downloaded and the XCom holds the result URLs.
+    :param model_id: an upscale model UUID; default: the server's default model. Templated.
+    :param stablecog_conn_id: the Stablecog connection.
+    :param max_concurrency: upscales in flight at once; default: the connection's plan
+        concurrency + 1 (the server runs one more than the plan and holds the rest).
+    :param rate_limit: requests/s for this task; default: the connection's ``rate_limit`` extra.
+    :param credit_reserve: never start an upscale that could take the balance below this.
+    :param max_failed_ratio: the share of items that may fail before the task fails (0.0: any
+        failure fails the task, after every item was tried and the manifest saved).
+    :param fail_on_not_started: fail the task when items could not be started (no credits,
+        reserve reached, a fatal error), so a retry after a top-up finishes them. Default True.
+    :param dry_run: send no upscale; log and return the plan (to do, already done, invalid,
+        credits needed vs. remaining).
+    :param downscale_oversized: downscale local/object-storage images over 1,048,576 pixels or
+        10 MiB to fit instead of failing them.
+    :param progress_interval: seconds between progress lines in the task log.
+    :param emit_asset: when ``destination`` is a literal (not templated) path, add it as an
+        outlet Asset so downstream DAGs can be scheduled on it. Any Asset outlet gets the batch
+        totals as its event's ``extra``.
+    """
+
+    template_fields: Sequence[str] = ("inputs", "destination", "model_id")
+    template_fields_renderers = {"inputs": "json"}
+    ui_color = "#d8c8f0"
+
+    def __init__(
+        self,
+        *,
+        inputs: Any,
+        destination: str | ObjectStoragePath | None = None,
+        model_id: str | None = None,
+        stablecog_conn_id: str = StablecogHook.default_conn_name,
+        max_concurrency: int | None = None,
+        rate_limit: float | None = None,
+        credit_reserve: int = 0,
+        max_failed_ratio: float = 0.0,
+        fail_on_not_started: bool = True,
+        dry_run: bool = False,
+        downscale_oversized: bool = False,
+        progress_interval: float = 10.0,
+        emit_asset: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        if kwargs.get("map_index_template") is None:
+            kwargs["map_index_template"] = "{{ stablecog_batch_label }}"
+        super().__init__(**kwargs)
+        self.inputs = inputs
+        self.destination = destination
+        self.model_id = model_id
+        self.stablecog_conn_id = stablecog_conn_id
+        self.max_concurrency = max_concurrency
+        self.rate_limit = rate_limit
+        self.credit_reserve = credit_reserve
+        self.max_failed_ratio = max_failed_ratio
+        self.fail_on_not_started = fail_on_not_started
+        self.dry_run = dry_run
+        self.downscale_oversized = downscale_oversized
+        self.progress_interval = progress_interval
+        self._stop = threading.Event()
+        _validate_static(self)
+        if emit_asset and isinstance(destination, str) and "{{" not in destination:
+            self._add_destination_asset(destination)
+
+    def _add_destination_asset(self, destination: str) -> None:
+        from airflow.sdk import Asset
+
+        from airflow_provider_stablecog.utils.storage import resolve_destination
+
+        uri = str(resolve_destination(destination)).rstrip("/")
+        if not any(getattr(o, "uri", None) == uri for o in self.outlets):
+            self.outlets = [*self.outlets, Asset(uri=uri, name=f"stablecog-upscaled:{uri}")]
+
+    @cached_property
+    def hook(self) -> StablecogHook:
+        return StablecogHook(self.stablecog_conn_id, rate_limit=self.rate_limit)
+
+    # -- execute -----------------------------------------------------------------------------------
+
+    def execute(self, context: Context) -> Any:
+        from airflow_provider_stablecog.batch import BatchOptions, UpscaleBatch
+        from airflow_provider_stablecog.utils.checkpoint import Checkpoint
+        from airflow_provider_stablecog.utils.inputs import coerce_input_list, plan_inputs
+
+        plan = plan_inputs(coerce_input_list(self.inputs))
+        context["stablecog_batch_label"] = _batch_label(plan)  # type: ignore[typeddict-unknown-key]
+        self._log_invalid(plan)
+        concurrency = self._concurrency()
+        # the session is made at the first request: size its pool for the threads first
+        self.hook.client.pool_size = max(self.hook.client.pool_size, concurrency + 4)
+        model_id = self._checked_model_id()
+        destination = self._prepare_destination()
+
+        checkpoint = Checkpoint(context.get("task_state_store"))  # type: ignore[arg-type]
+        previous = self._previous_results(checkpoint, destination)
+        options = BatchOptions(
+            model_id=model_id,
+            max_concurrency=concurrency,
+            credit_reserve=self.credit_reserve,
+            downscale_oversized=self.downscale_oversized,
+            progress_interval=self.progress_interval,
+        )
+        batch = UpscaleBatch(
+            self.hook.client, plan, options, destination=destination, checkpoint=checkpoint,
+            previous=previous, log=self.log, stop_event=self._stop,
+        )
+        to_upscale, to_download = batch.classify()
+        credits = self.hook.get_credits().total_remaining_credits if (to_upscale or self.dry_run) else None
+        if self.dry_run:
+            return self._dry_run_plan(plan, batch, to_upscale, to_download, credits)
+        self.log.info(
+            "Upscaling %d unique images (%d inputs, %d already done, %d to download again, %d invalid) "
+            "with %d in flight; %s credits available, reserve %d",
+            len(to_upscale), len(plan.positions), len(previous), len(to_download), len(plan.invalid),
+            concurrency, credits, self.credit_reserve,
+        )
+        report = batch.run(to_upscale, to_download, credits)
+        if destination is not None:
+            self._write_manifest(destination, report)
+        self._log_summary(report, plan)
+        self._emit_asset_events(context, report, destination)
+        self._raise_if_incomplete(report, plan)
+        return self._xcom(plan, report)
+
+    def on_kill(self) -> None:
+        """Stop sending requests; the batch saves its checkpoint and manifest on the way out."""
+        self._stop.set()
+        if "hook" in self.__dict__:
+            self.hook.client.cancel()
+
+    # -- steps ---------------------------------------------------------------------------------------
+
+    def _checked_model_id(self) -> str | None:
+        from airflow_provider_stablecog.exceptions import StablecogConfigError, StablecogRetryableError
+
+        if not self.model_id:
+            return None
+        model_id = str(self.model_id).strip()
+        if not _UUID.match(model_id):
+            raise StablecogConfigError(
+                f"model_id {model_id!r} is not a UUID (the server would answer json_parse_error); "
+                "list models with StablecogHook().list_upscale_models() or leave model_id unset",
+                code="json_parse_error",
+            )
+        try:
+            known = {m.id.lower(): m.name for m in self.hook.list_upscale_models()}
+        except StablecogRetryableError as exc:
+            self.log.warning("Could not list upscale models (%s); sending model_id unchecked", exc.code)
+            return model_id
+        if known and model_id.lower() not in known:
+            raise StablecogConfigError(
+                f"model_id {model_id!r} is not one of the upscale models ({', '.join(f'{n} {i}' for i, n in known.items())}); "
+                "fix model_id or leave it unset for the default",
+                code="invalid_model_id",
+            )
+        return model_id
+
+    def _prepare_destination(self) -> ObjectStoragePath | None:
+        from airflow_provider_stablecog.exceptions import StablecogConfigError
+        from airflow_provider_stablecog.utils.storage import ensure_directory, resolve_destination
+
+        if not self.destination:
+            return None
+        dest = resolve_destination(self.destination)
+        ensure_directory(
+            dest,
+            lambda exc: StablecogConfigError(
+                f"destination {str(dest)!r} is not writable ({type(exc).__name__}: {exc}); fix its "
+                "permissions, free space or storage connection and retry — nothing was sent or charged",
+                code="destination_not_writable",
+            ),
+        )
+        return dest
+
+    def _concurrency(self) -> int:
+        from airflow_provider_stablecog.exceptions import StablecogConfigError
+
+        value = self.max_concurrency if self.max_concurrency is not None else self.hook.plan_concurrency + 1
+        if not isinstance(value, int) or value < 1:
+            raise StablecogConfigError(f"max_concurrency must be a positive integer, got {value!r}")
+        return value
+
+    def _previous_results(self, checkpoint: Any, destination: ObjectStoragePath | None) -> dict[str, dict]:
+        from airflow_provider_stablecog.utils.storage import read_manifest
+
+        previous: dict[str, dict] = {}
+        if destination is not None:
+            previous.update(
+                {k: r for k, r in read_manifest(destination).items() if r.get("status") in ("upscaled", "skipped") and r.get("url")}
+            )
+        previous.update({k: r for k, r in checkpoint.load().items() if r.get("url")})
+        if previous:
+            self.log.info("Resuming: %d images were already upscaled in an earlier try or run", len(previous))
+        return previous
+
+    def _log_invalid(self, plan: InputPlan) -> None:
+        for bad in plan.invalid[:20]:
+            self.log.warning("Invalid input: %s", bad.message)
+        if len(plan.invalid) > 20:
+            self.log.warning("... and %d more invalid inputs", len(plan.invalid) - 20)
+
+    def _dry_run_plan(self, plan: InputPlan, batch: Any, to_upscale: list[str], to_download: list[str], credits: int | None) -> dict:
+        preflight_failed = [r for r in batch.results.values() if r.status == "failed"]
+        result = {
+            "dry_run": True,
+            "inputs": len(plan.positions),
+            "unique": len(plan.unique),
+            "to_upscale": len(to_upscale),
+            "already_done": sum(1 for r in batch.results.values() if r.status == "skipped") + len(to_download),
+            "invalid": len(plan.invalid) + len(preflight_failed),
+            "credits_needed": len(to_upscale),
+            "credits_remaining": credits,
+            "credit_reserve": self.credit_reserve,
+            "enough_credits": credits is not None and credits - len(to_upscale) >= self.credit_reserve,
+            "invalid_items": [b.message for b in plan.invalid[:MAX_ERRORS_SHOWN]] + [r.message for r in preflight_failed[:MAX_ERRORS_SHOWN]],
+        }
+        self.log.info("Dry run, nothing sent: %s", result)
+        return result
+
+    def _write_manifest(self, destination: ObjectStoragePath, report: BatchReport) -> None:
+        from airflow_provider_stablecog.utils.storage import read_manifest, write_manifest
+
+        records = read_manifest(destination)
+        for key, result in report.results.items():
+            old = records.get(key)
+            if result.status == "skipped" and old:
+                continue  # keep the original record (with its charge and time)
+            records[key] = result.manifest_record()
+        target = write_manifest(destination, records.values())
+        self.log.info("Manifest: %s (%d records)", target, len(records))
+
+    def _log_summary(self, report: BatchReport, plan: InputPlan) -> None:
+        counts = dict(report.counts)
+        if plan.invalid:
+            counts["failed"] = counts.get("failed", 0) + len(plan.invalid)
+        by_code: dict[str, int] = {}
+        for r in report.results.values():
+            if r.error:
+                by_code[r.error] = by_code.get(r.error, 0) + 1
+        for b in plan.invalid:
+            by_code[b.code] = by_code.get(b.code, 0) + 1
+        charged = sum(r.credits_charged for r in report.results.values() if r.status == "upscaled")
+        rate = report.upscaled_now / report.elapsed if report.elapsed > 0 else 0.0
+        rows = [
+            ("inputs", len(plan.positions)),
+            ("unique", len(plan.unique)),
+            *((status, counts.get(status, 0)) for status in ("upscaled", "skipped", "failed", "not_started")),
+            ("credits charged", charged),
+            ("credits left", report.credits_end),
+            ("max in flight", report.max_in_flight),
+            ("elapsed", f"{report.elapsed:.1f} s"),
+            ("images/s", f"{rate:.2f}"),
+            *((f"error {code}", n) for code, n in sorted(by_code.items())),
+        ]
+        width = max(len(k) for k, _ in rows)
+        self.log.info("Summary\n%s", "\n".join(f"  {k:<{width}}  {v}" for k, v in rows))
+
+    def _emit_asset_events(self, context: Context, report: BatchReport, destination: ObjectStoragePath | None) -> None:
+        from airflow.sdk import Asset
+
+        extra = {
+            "destination": str(destination) if destination is not None else None,
+            "upscaled": report.counts.get("upscaled", 0),
+            "skipped": report.counts.get("skipped", 0),
+            "failed": report.counts.get("failed", 0),
+        }
+        for outlet in self.outlets:
+            if isinstance(outlet, Asset):
+                context["outlet_events"][outlet].extra.update(extra)
+
+    def _raise_if_incomplete(self, report: BatchReport, plan: InputPlan) -> None:
+        from airflow.sdk.exceptions import AirflowException, AirflowFailException
+
+        from airflow_provider_stablecog.exceptions import StablecogAuthError
+
+        failed = [r for r in report.results.values() if r.status == "failed"]
+        messages = [b.message for b in plan.invalid] + [r.message or r.error or "" for r in failed]
+        total = max(len(plan.positions), 1)
+        failed_share = (len(plan.invalid) + sum(plan.positions.count(r.key) for r in failed)) / total
+        not_started = [r for r in report.results.values() if r.status == "not_started"]
+        if report.stopped:
+            raise AirflowException(f"Stopped with {len(not_started)} images not done; checkpoint saved, a retry resumes")
+        if isinstance(report.fatal, StablecogAuthError):
+            raise AirflowFailException(f"{report.fatal}. Finished images are kept ({report.counts.get('upscaled', 0)} this try).")
+        if not_started and self.fail_on_not_started:
+            raise AirflowException(
+                f"{len(not_started)} of {len(plan.unique)} images were not started: {not_started[0].message}"
+            )
+        if failed_share > self.max_failed_ratio:
+            shown = "\n  ".join(messages[:MAX_ERRORS_SHOWN])
+            more = f"\n  ... and {len(messages) - MAX_ERRORS_SHOWN} more (see the manifest)" if len(messages) > MAX_ERRORS_SHOWN else ""
+            raise AirflowException(
+                f"{len(messages)} of {len(plan.positions)} inputs failed ({failed_share:.1%} > max_failed_ratio="
+                f"{self.max_failed_ratio:.1%}); the rest are done and a retry redoes only the failures:\n  {shown}{more}"
+            )
+
+    def _xcom(self, plan: InputPlan, report: BatchReport) -> list[dict[str, Any]]:
+        """One compact record per input, in input order (None fields left out)."""
+        out: list[dict[str, Any]] = []
+        for entry in plan.positions:
+            if isinstance(entry, str):
+                out.append(_compact(report.results[entry]))
+            else:
+                out.append({"input": entry.display, "status": "failed", "error": entry.code})
+        return out
+
+
+def _compact(result: ItemResult) -> dict[str, Any]:
+    record = {"input": result.input, "status": result.status, "output_id": result.output_id, "url": result.url, "path": result.path, "error": result.error}
+    return {k: v for k, v in record.items() if v is not None}
+
+
+def _batch_label(plan: InputPlan) -> str:
+    n = len(plan.positions)
+    if not n:
+        return "0 images"
+    first, last = plan.display_for(0), plan.display_for(n - 1)
+    tail = lambda s: s.rstrip("/").rsplit("/", 1)[-1][:40]  # noqa: E731
+    return f"{n} images: {tail(first)}" + (f" … {tail(last)}" if n > 1 else "")
+
+
+def _validate_static(op: UpscaleOperator) -> None:
+    """Check the non-templated arguments early (at DAG parse)."""
+    if op.max_concurrency is not None and (not isinstance(op.max_concurrency, int) or op.max_concurrency < 1):
+        raise ValueError(f"max_concurrency must be a positive integer, got {op.max_concurrency!r}")
+    if not isinstance(op.credit_reserve, int) or op.credit_reserve < 0:
+        raise ValueError(f"credit_reserve must be an integer >= 0, got {op.credit_reserve!r}")
+    if not 0.0 <= float(op.max_failed_ratio) <= 1.0:
+        raise ValueError(f"max_failed_ratio must be between 0.0 and 1.0, got {op.max_failed_ratio!r}")
+    if op.rate_limit is not None and op.rate_limit < 0:
+        raise ValueError(f"rate_limit must be >= 0 requests/s, got {op.rate_limit!r}")

@@ -1,0 +1,172 @@
+"""Destination handling: safe file names, atomic writes and the ``manifest.jsonl``.
+
+A destination is a local path or any :class:`~airflow.sdk.ObjectStoragePath` URL
+(``s3://bucket/prefix``, ``file:///data/out``, ...). Everything written there goes to a temporary
+name first and is renamed into place, so a killed task never leaves a partial image or manifest.
+
+The manifest holds one JSON record per unique input (see :data:`MANIFEST_FIELDS`). It is the
+cross-run memory of a destination: a later run with the same destination skips the inputs whose
+record says ``upscaled`` and whose file is still there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import uuid
+from collections.abc import Callable, Iterable
+from typing import IO, TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from airflow.sdk import ObjectStoragePath
+
+MANIFEST_NAME = "manifest.jsonl"
+MANIFEST_FIELDS = (
+    "input",
+    "key",
+    "status",
+    "output_id",
+    "url",
+    "path",
+    "width",
+    "height",
+    "error",
+    "message",
+    "credits_charged",
+    "finished_at",
+)
+
+
+def resolve_destination(destination: str | os.PathLike[str] | ObjectStoragePath) -> ObjectStoragePath:
+    """A local path or a URL → ObjectStoragePath (local paths become absolute ``file://`` paths)."""
+    from airflow.sdk import ObjectStoragePath
+
+    if isinstance(destination, ObjectStoragePath):
+        return destination
+    text = os.fspath(destination)
+    if "://" not in text:
+        text = "file://" + os.path.abspath(os.path.expanduser(text))
+    return ObjectStoragePath(text)
+
+
+def output_file_name(key: str, extension: str = "jpg") -> str:
+    """Deterministic and safe: a hash of the input's key, never a server path or the input itself."""
+    digest = hashlib.sha256(key.encode("utf-8")).hexdigest()[:24]
+    return f"{digest}.{extension}"
+
+
+def atomic_writer(target: ObjectStoragePath) -> AtomicWrite:
+    return AtomicWrite(target)
+
+
+class AtomicWrite:
+    """``with AtomicWrite(path) as fh: ...`` writes to a temporary sibling and renames on success."""
+
+    def __init__(self, target: ObjectStoragePath) -> None:
+        self.target = target
+        self.temp = target.parent / f".{target.name}.{uuid.uuid4().hex[:12]}.part"
+        self._fh: IO[bytes] | None = None
+
+    def open(self) -> IO[bytes]:
+        """A fresh, empty temporary file (may be called again to restart a download)."""
+        if self._fh is not None:
+            self._fh.close()
+        self._fh = self.temp.open("wb")
+        return _NoCloseFile(self._fh)
+
+    def __enter__(self) -> AtomicWrite:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self._fh is not None:
+            self._fh.close()
+        if exc_type is None and self._fh is not None:
+            self.temp.rename(self.target) if _is_local(self.target) else self._copy_then_remove()
+        elif self.temp.exists():
+            self.temp.unlink()
+
+    def _copy_then_remove(self) -> None:
+        # object stores have no atomic rename; a put of the whole object is atomic instead
+        self.temp.fs.mv(self.temp.path, self.target.path)
+
+
+class _NoCloseFile:
+    """Wraps a file so ``with open_target() as fh`` in the client leaves closing to AtomicWrite."""
+
+    def __init__(self, fh: IO[bytes]) -> None:
+        self._fh = fh
+
+    def write(self, data: bytes) -> int:
+        return self._fh.write(data)
+
+    def __enter__(self) -> _NoCloseFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._fh.flush()
+
+
+def _is_local(path: ObjectStoragePath) -> bool:
+    return path.protocol in ("file", "local", "")
+
+
+def write_bytes_atomic(target: ObjectStoragePath, data: bytes) -> None:
+    with AtomicWrite(target) as w:
+        w.open().write(data)
+
+
+def read_manifest(destination: ObjectStoragePath | str) -> dict[str, dict[str, Any]]:
+    """The manifest's records by key (the last record of a key wins); empty when there is none."""
+    manifest = resolve_destination(destination) / MANIFEST_NAME
+    try:
+        text = manifest.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return {}
+    records: dict[str, dict[str, Any]] = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue  # a damaged line is ignored: its input is simply done again
+        if isinstance(record, dict) and isinstance(record.get("key"), str):
+            records[record["key"]] = record
+    return records
+
+
+def write_manifest(destination: ObjectStoragePath | str, records: Iterable[dict[str, Any]]) -> ObjectStoragePath:
+    """Replace the manifest atomically with ``records`` (one JSON object per line)."""
+    target = resolve_destination(destination) / MANIFEST_NAME
+    body = "".join(json.dumps({f: r.get(f) for f in MANIFEST_FIELDS}, sort_keys=False) + "\n" for r in records)
+    write_bytes_atomic(target, body.encode("utf-8"))
+    return target
+
+
+def done_keys(destination: ObjectStoragePath | str | None, *, check_files: bool = True) -> set[str]:
+    """Keys of inputs the destination's manifest records as upscaled (and whose file still exists)."""
+    if destination is None:
+        return set()
+    dest = resolve_destination(destination)
+    done = set()
+    for key, record in read_manifest(dest).items():
+        if record.get("status") != "upscaled":
+            continue
+        name = record.get("path")
+        if check_files and name and not (dest / os.path.basename(str(name))).exists():
+            continue
+        done.add(key)
+    return done
+
+
+def ensure_directory(path: ObjectStoragePath, on_error: Callable[[Exception], Exception]) -> None:
+    """Create the destination (a no-op on object stores) and prove it is writable."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".stablecog-write-test-{uuid.uuid4().hex[:8]}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except Exception as exc:  # noqa: BLE001 -- any failure here means: cannot write there
+        raise on_error(exc) from None
