@@ -43,6 +43,8 @@ if TYPE_CHECKING:
 
 UPSCALED, SKIPPED, FAILED, NOT_STARTED = "upscaled", "skipped", "failed", "not_started"
 STOP_GRACE_SECONDS = 5.0
+# Pages of already-upscaled outputs read to know which output-ID inputs are free (300 per page).
+MAX_UPSCALED_PAGES = 20
 
 
 @dataclass
@@ -140,6 +142,7 @@ class UpscaleBatch:
         self.stop_event = stop_event or threading.Event()
         self.results = {key: ItemResult(key=key, input=item.display) for key, item in plan.unique.items()}
         self._uploads: dict[str, tuple[bytes | None, str]] = {}
+        self.free_keys: set[str] = set()
 
     # -- planning --------------------------------------------------------------------------------
 
@@ -160,7 +163,21 @@ class UpscaleBatch:
             if item.needs_upload and not self._preflight_local(item, result):
                 continue
             to_upscale.append(key)
+        self.free_keys = self._already_upscaled([k for k in to_upscale if self.plan.unique[k].kind == "output_id"])
         return to_upscale, to_download
+
+    def _already_upscaled(self, output_keys: list[str]) -> set[str]:
+        """Output IDs among the inputs that are already upscaled: Stablecog answers those for free."""
+        if not output_keys:
+            return set()
+        wanted, found = set(output_keys), set()
+        try:
+            for output in self.client.iter_generation_outputs(per_page=300, upscaled="only", limit=300 * MAX_UPSCALED_PAGES):
+                if output.id.lower() in wanted:
+                    found.add(output.id.lower())
+        except StablecogError as exc:
+            self.log.info("Could not list upscaled outputs (%s); output IDs are counted as 1 credit each", exc.code)
+        return found
 
     def _apply_previous(self, result: ItemResult, done: dict[str, Any]) -> None:
         for name in ("output_id", "url", "path", "width", "height"):
@@ -295,8 +312,7 @@ class UpscaleBatch:
             self._balance = answer.remaining_credits
         output = answer.output
         result.output_id, result.url = output.id, output.image_url
-        already = self.plan.unique[key].kind == "output_id" and output.url and output.url != output.upscaled_image_url
-        result.credits_charged = 0 if already else 1
+        result.credits_charged = 0 if key in self.free_keys else 1
         result.finished_at = _now()
         if self.checkpoint is not None:
             self.checkpoint.mark(key, result.checkpoint_record())

@@ -254,10 +254,10 @@ class UpscaleOperator(BaseOperator):
             "to_upscale": len(to_upscale),
             "already_done": sum(1 for r in batch.results.values() if r.status == "skipped") + len(to_download),
             "invalid": len(plan.invalid) + len(preflight_failed),
-            "credits_needed": len(to_upscale),
+            "credits_needed": len(to_upscale) - len(batch.free_keys),
             "credits_remaining": credits,
             "credit_reserve": self.credit_reserve,
-            "enough_credits": credits is not None and credits - len(to_upscale) >= self.credit_reserve,
+            "enough_credits": credits is not None and credits - len(to_upscale) + len(batch.free_keys) >= self.credit_reserve,
             "invalid_items": [b.message for b in plan.invalid[:MAX_ERRORS_SHOWN]] + [r.message for r in preflight_failed[:MAX_ERRORS_SHOWN]],
         }
         self.log.info("Dry run, nothing sent: %s", result)

@@ -1,0 +1,49 @@
+from __future__ import annotations
+
+import pytest
+
+from airflow_provider_stablecog.emulator.testing import run_emulator
+
+
+class MemoryStateStore(dict):
+    """Stands in for Airflow 3.3's ``context["task_state_store"]`` (same get/set contract)."""
+
+    def set(self, key, value, **_kwargs):
+        assert value is not None
+        self[key] = value
+
+
+def make_context(store=None) -> dict:
+    from airflow.sdk.execution_time.context import OutletEventAccessors
+
+    return {"task_state_store": store if store is not None else MemoryStateStore(), "outlet_events": OutletEventAccessors()}
+
+
+@pytest.fixture(scope="module")
+def emulator():
+    with run_emulator(latency=0.05, credits=10_000, plan_concurrency=4, rate_limit=0) as emu:
+        yield emu
+
+
+@pytest.fixture
+def emu(emulator, monkeypatch):
+    """The shared emulator, reset to a known state, and the default connection pointing at it."""
+    emulator.reset()
+    emulator.configure(latency=0.05, faults={}, rate_limit=0)
+    monkeypatch.setenv("AIRFLOW_CONN_STABLECOG_DEFAULT", emulator.connection_json(plan_concurrency=4, rate_limit=0))
+    return emulator
+
+
+def charged(emu) -> int:
+    return emu.ledger()["net_charged"]
+
+
+def sample_images(tmp_path, sizes=((40, 30), (50, 20), (64, 64))):
+    from PIL import Image
+
+    paths = []
+    for i, (w, h) in enumerate(sizes):
+        p = tmp_path / f"local-{i}-{w}x{h}.png"
+        Image.new("RGB", (w, h), (40 * i % 255, 120, 200)).save(p)
+        paths.append(str(p))
+    return paths
