@@ -71,19 +71,19 @@ with DAG(
 
     @task
     def load(records: list[dict], results: list[dict], params: dict | None = None) -> dict:
-        """Join by image URL (results are in input order) and write the enriched records."""
+        """Join by position (results come in input order) and write the enriched records."""
         import json
 
         from airflow_provider_stablecog.utils.storage import read_manifest
 
-        manifest = {r["input"]: r for r in read_manifest(params["destination"]).values()}
-        by_url = {r["input"]: r for r in results}
+        dims = {r["output_id"]: r for r in read_manifest(params["destination"]).values() if r.get("output_id")}
+        upscaled = iter(results)
         enriched, failed = [], 0
         for record in records:
-            result = by_url.get(record.get("image_url") or "")
+            result = next(upscaled) if record.get("image_url") else None
             row = dict(record)
             if result and result["status"] in ("upscaled", "skipped"):
-                done = manifest.get(result["input"], {})
+                done = dims.get(result.get("output_id"), {})
                 row.update(
                     upscaled_path=result.get("path"),
                     upscaled_url=result.get("url"),

@@ -1,0 +1,79 @@
+"""Response bodies shared by the routes: errors, 429, 502 and the dropped connection."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+from starlette.types import Receive, Scope, Send
+
+from airflow_provider_stablecog.emulator.faults import BAD_GATEWAY_HTML
+from airflow_provider_stablecog.emulator.state import RateDecision
+
+UNKNOWN_ERROR = "An unknown error has occured"  # sic, as the server spells it
+
+
+class ApiError(Exception):
+    """An error answer ``{"error": code}`` with ``status``."""
+
+    def __init__(self, status: int, code: str, **extra: Any) -> None:
+        super().__init__(code)
+        self.status = status
+        self.code = code
+        self.extra = extra
+
+    def response(self) -> JSONResponse:
+        return error_response(self.status, self.code, **self.extra)
+
+
+def error_response(status: int, code: str, **extra: Any) -> JSONResponse:
+    return JSONResponse({"error": code, **extra}, status_code=status)
+
+
+def too_many_requests(decision: RateDecision | None = None) -> PlainTextResponse:
+    """The rate limiter's answer: plain text, not JSON."""
+    headers = {"Retry-After": "1"}
+    if decision is not None:
+        headers.update(rate_headers(decision))
+    return PlainTextResponse("Too Many Requests", status_code=429, headers=headers)
+
+
+def rate_headers(decision: RateDecision) -> dict[str, str]:
+    limit = decision.limit
+    limit_text = str(int(limit)) if float(limit).is_integer() else str(limit)
+    return {
+        "X-RateLimit-Limit": limit_text,
+        "X-RateLimit-Remaining": str(decision.remaining),
+        "X-RateLimit-Reset": str(decision.reset),
+    }
+
+
+def bad_gateway() -> HTMLResponse:
+    return HTMLResponse(BAD_GATEWAY_HTML, status_code=502)
+
+
+async def api_error_handler(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return exc.response()
+
+
+class DroppedResponse(Response):
+    """Announce a full JSON body, send half of it, then abandon the connection."""
+
+    media_type = "application/json"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        body = self.body
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body[: len(body) // 2], "more_body": True})
+        # Returning without completing makes the server close the connection mid-body.
