@@ -136,6 +136,8 @@ class StablecogHook(BaseHook):
     :param pool_size: connections to keep open (default: the plan concurrency + 2).
     :param rate_limit: requests/s override for this hook's client (default: the connection's).
     :param timeout: read timeout override in seconds (default: the connection's).
+    :param max_retries: retries of transient errors override (default: the connection's); a
+        sensor that polls anyway passes 0 so one poke stays one check.
     """
 
     conn_name_attr = "stablecog_conn_id"
@@ -150,6 +152,7 @@ class StablecogHook(BaseHook):
         pool_size: int | None = None,
         rate_limit: float | None = None,
         timeout: float | None = None,
+        max_retries: int | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -157,6 +160,7 @@ class StablecogHook(BaseHook):
         self._pool_size = pool_size
         self._rate_limit = rate_limit
         self._timeout = timeout
+        self._max_retries = max_retries
 
     # -- connection → client -------------------------------------------------------------------
 
@@ -182,7 +186,7 @@ class StablecogHook(BaseHook):
             read_timeout=self._timeout or settings.read_timeout,
             pool_size=self._pool_size or settings.plan_concurrency + 2,
             rate_limit=self._rate_limit if self._rate_limit is not None else settings.rate_limit,
-            retry=RetryPolicy(max_attempts=settings.max_retries + 1),
+            retry=RetryPolicy(max_attempts=(settings.max_retries if self._max_retries is None else self._max_retries) + 1),
         )
 
     def get_conn(self) -> StablecogClient:
