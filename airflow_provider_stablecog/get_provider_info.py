@@ -73,6 +73,11 @@ def get_provider_info() -> dict[str, Any]:
                         "label": "Retries of transient errors",
                         "schema": {"type": ["integer", "null"], "default": 5, "minimum": 0},
                     },
+                    "retry_backoff": {
+                        "label": "First retry backoff (s)",
+                        "description": "Doubled on each retry (with jitter); a 429's Retry-After wins.",
+                        "schema": {"type": ["number", "null"], "default": 1, "minimum": 0},
+                    },
                 },
                 "ui-field-behaviour": {
                     "hidden-fields": ["schema", "login", "port", "extra"],

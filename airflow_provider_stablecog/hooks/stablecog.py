@@ -8,7 +8,8 @@ The connection:
 * **extra** (all optional): ``timeout`` (read timeout, s, default 300 — the server may hold an
   upscale for 240 s), ``connect_timeout`` (s, default 10), ``plan_concurrency`` (parallel
   upscales your plan allows: free 1, starter 2, pro 3, ultimate 4; default 1), ``rate_limit``
-  (requests/s for one task, default 8), ``max_retries`` (retries of transient errors, default 5).
+  (requests/s for one task, default 8), ``max_retries`` (retries of transient errors, default 5),
+  ``retry_backoff`` (first backoff in seconds, doubled each retry, default 1).
 
 Module import is cheap: requests, httpx and tenacity are imported when first used.
 """
@@ -49,6 +50,7 @@ if TYPE_CHECKING:
 
 DEFAULT_PLAN_CONCURRENCY = 1
 DEFAULT_MAX_RETRIES = 5
+DEFAULT_RETRY_BACKOFF = 1.0
 
 
 def _number(extra: dict[str, Any], key: str, default: float, conn_id: str, *, minimum: float = 0) -> float:
@@ -78,6 +80,7 @@ class StablecogConnectionSettings:
     plan_concurrency: int
     rate_limit: float | None
     max_retries: int
+    retry_backoff: float
 
     def __repr__(self) -> str:
         return f"StablecogConnectionSettings(conn_id={self.conn_id!r}, base_url={self.base_url!r}, ...)"
@@ -102,6 +105,7 @@ class StablecogConnectionSettings:
             plan_concurrency=int(_number(extra, "plan_concurrency", DEFAULT_PLAN_CONCURRENCY, conn_id, minimum=1)),
             rate_limit=rate or None,
             max_retries=int(_number(extra, "max_retries", DEFAULT_MAX_RETRIES, conn_id)),
+            retry_backoff=_number(extra, "retry_backoff", DEFAULT_RETRY_BACKOFF, conn_id),
         )
 
 
@@ -186,7 +190,11 @@ class StablecogHook(BaseHook):
             read_timeout=self._timeout or settings.read_timeout,
             pool_size=self._pool_size or settings.plan_concurrency + 2,
             rate_limit=self._rate_limit if self._rate_limit is not None else settings.rate_limit,
-            retry=RetryPolicy(max_attempts=(settings.max_retries if self._max_retries is None else self._max_retries) + 1),
+            retry=RetryPolicy(
+                max_attempts=(settings.max_retries if self._max_retries is None else self._max_retries) + 1,
+                initial_backoff=settings.retry_backoff,
+                jitter=settings.retry_backoff,
+            ),
         )
 
     def get_conn(self) -> StablecogClient:

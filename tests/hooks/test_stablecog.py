@@ -30,7 +30,7 @@ def test_hook_identity():
 def test_settings_from_json_connection(stablecog_conn):
     stablecog_conn(
         host="http://127.0.0.1:8765",
-        extra={"timeout": 400, "connect_timeout": 3, "plan_concurrency": 4, "rate_limit": 6, "max_retries": 2},
+        extra={"timeout": 400, "connect_timeout": 3, "plan_concurrency": 4, "rate_limit": 6, "max_retries": 2, "retry_backoff": 0.5},
     )
     settings = StablecogHook().settings
     assert settings.base_url == "http://127.0.0.1:8765"
@@ -43,6 +43,7 @@ def test_settings_from_json_connection(stablecog_conn):
     client = StablecogHook().client
     assert client.timeout == (3.0, 400.0)
     assert client.retry_policy.max_attempts == 3
+    assert client.retry_policy.initial_backoff == 0.5
     assert client.pool_size >= 4
 
 
