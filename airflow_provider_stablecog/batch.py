@@ -217,7 +217,7 @@ class UpscaleBatch:
             result.fail(FAILED, exc.code, f"{item.display}: {exc}")
             return False
         except (OSError, ValueError) as exc:
-            result.fail(FAILED, "unreadable_file", f"{item.display}: cannot be read ({type(exc).__name__}); check its permissions and storage connection")
+            result.fail(FAILED, "unreadable_file", f"{item.display}: cannot be read ({type(exc).__name__}: {exc}); check its permissions and storage connection (an s3:// or gs:// path needs its Airflow provider installed)")
             return False
         return True
 
@@ -311,8 +311,14 @@ class UpscaleBatch:
         if answer.remaining_credits is not None:
             self._balance = answer.remaining_credits
         output = answer.output
-        result.output_id, result.url = output.id, output.image_url
         result.credits_charged = 0 if key in self.free_keys else 1
+        if not isinstance(output.image_url, str) or not output.image_url:  # untrusted: no usable result URL
+            result.output_id = output.id
+            result.fail(FAILED, "invalid_output_url", f"{result.input}: the server answered output {output.id} without a usable image URL; check the output in Stablecog")
+            self.log.warning("%s", result.message)
+            self._progress.tick(ok=False)
+            return
+        result.output_id, result.url = output.id, output.image_url
         result.finished_at = _now()
         if self.checkpoint is not None:
             self.checkpoint.mark(key, result.checkpoint_record())
@@ -361,6 +367,11 @@ class UpscaleBatch:
             self.log.warning("%s", result.message)
             self._progress.tick(ok=False)
             return
+        except Exception as exc:  # a bug or a hostile answer must not lose the batch: record it against the item
+            self.log.exception("Unexpected error while downloading %s", result.input)
+            result.fail(FAILED, "internal_error", f"{result.input}: upscaled (output {result.output_id}) but the download failed unexpectedly ({type(exc).__name__}); a retry downloads it again without paying")
+            self._progress.tick(ok=False)
+            return
         result.path, result.width, result.height = path, width, height
         result.status = UPSCALED
         result.finished_at = _now()
@@ -390,7 +401,11 @@ class UpscaleBatch:
         done, _ = wait([*upscales, *downloads], timeout=STOP_GRACE_SECONDS)
         for future in done:
             if future in upscales:
-                self._on_upscaled(upscales.pop(future), future, {}, _NO_POOL)
+                key = upscales.pop(future)
+                self._on_upscaled(key, future, {}, _NO_POOL)
+                result = self.results[key]
+                if result.status == NOT_STARTED and result.url and result.error is None:
+                    result.fail(NOT_STARTED, "cancelled", f"{result.input}: upscaled (output {result.output_id}) but the task was stopped before the download; a retry or a new run with the same destination downloads it without paying")
             else:
                 self._on_downloaded(downloads.pop(future), future)
         for key in [*upscales.values(), *downloads.values()]:

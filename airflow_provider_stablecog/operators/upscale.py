@@ -103,7 +103,7 @@ class UpscaleOperator(BaseOperator):
         self.dry_run = dry_run
         self.downscale_oversized = downscale_oversized
         self.progress_interval = progress_interval
-        self._stop = threading.Event()
+        self._stop: threading.Event | None = None  # made in execute: a lock cannot be deep-copied
         _validate_static(self)
         if emit_asset and isinstance(destination, str) and "{{" not in destination:
             self._add_destination_asset(destination)
@@ -128,6 +128,7 @@ class UpscaleOperator(BaseOperator):
         from airflow_provider_stablecog.utils.checkpoint import Checkpoint
         from airflow_provider_stablecog.utils.inputs import coerce_input_list, plan_inputs
 
+        self._stop = threading.Event()
         plan = plan_inputs(coerce_input_list(self.inputs))
         context["stablecog_batch_label"] = _batch_label(plan)  # type: ignore[typeddict-unknown-key]
         self._log_invalid(plan)
@@ -151,7 +152,7 @@ class UpscaleOperator(BaseOperator):
             previous=previous, log=self.log, stop_event=self._stop,
         )
         to_upscale, to_download = batch.classify()
-        credits = self.hook.get_credits().total_remaining_credits if (to_upscale or self.dry_run) else None
+        credits = self._starting_credits() if (to_upscale or self.dry_run) else None
         if self.dry_run:
             return self._dry_run_plan(plan, batch, to_upscale, to_download, credits)
         self.log.info(
@@ -170,11 +171,23 @@ class UpscaleOperator(BaseOperator):
 
     def on_kill(self) -> None:
         """Stop sending requests; the batch saves its checkpoint and manifest on the way out."""
-        self._stop.set()
+        if self._stop is not None:
+            self._stop.set()
         if "hook" in self.__dict__:
             self.hook.client.cancel()
 
     # -- steps ---------------------------------------------------------------------------------------
+
+    def _starting_credits(self) -> int:
+        """The balance before the batch; a rejected key fails the task without retries."""
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from airflow_provider_stablecog.exceptions import StablecogAuthError
+
+        try:
+            return self.hook.get_credits().total_remaining_credits
+        except StablecogAuthError as exc:
+            raise AirflowFailException(f"{exc}. Nothing was sent or charged.") from None
 
     def _checked_model_id(self) -> str | None:
         from airflow_provider_stablecog.exceptions import StablecogConfigError, StablecogRetryableError
@@ -232,7 +245,9 @@ class UpscaleOperator(BaseOperator):
         previous: dict[str, dict] = {}
         if destination is not None:
             previous.update(
-                {k: r for k, r in read_manifest(destination).items() if r.get("status") in ("upscaled", "skipped") and r.get("url")}
+                # any record with a result URL was paid for: upscaled, or answered but not downloaded
+                # (the task was stopped, or the download or the write failed) — download it, never pay again
+                {k: r for k, r in read_manifest(destination).items() if r.get("url")}
             )
         previous.update({k: r for k, r in checkpoint.load().items() if r.get("url")})
         if previous:
@@ -272,7 +287,16 @@ class UpscaleOperator(BaseOperator):
             if result.status == "skipped" and old:
                 continue  # keep the original record (with its charge and time)
             records[key] = result.manifest_record()
-        target = write_manifest(destination, records.values())
+        try:
+            target = write_manifest(destination, records.values())
+        except OSError as exc:  # e.g. a full disk: say so, and that the checkpoint keeps what was paid for
+            from airflow.sdk.exceptions import AirflowException
+
+            raise AirflowException(
+                f"could not write the manifest to {str(destination)!r} ({type(exc).__name__}: {exc}); "
+                f"{report.counts.get('upscaled', 0)} images are done and checkpointed: fix the destination "
+                "(free space, permissions) and retry the task — nothing is paid again"
+            ) from None
         self.log.info("Manifest: %s (%d records)", target, len(records))
 
     def _log_summary(self, report: BatchReport, plan: InputPlan) -> None:

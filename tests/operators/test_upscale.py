@@ -281,3 +281,12 @@ def test_literal_destination_becomes_an_outlet_asset(tmp_path):
     op = UpscaleOperator(task_id="u", inputs=[], destination=str(tmp_path))
     assert [o.uri for o in op.outlets] == [f"file://{tmp_path}"]
     assert UpscaleOperator(task_id="v", inputs=[], destination="{{ ds }}").outlets == []
+
+
+def test_operator_can_be_deep_copied():
+    """Airflow deep-copies tasks (e.g. when rendering or taking a subset of a DAG)."""
+    import copy
+
+    op = UpscaleOperator(task_id="u", inputs=["https://img.test/a.png"], destination="/tmp/x")
+    clone = copy.deepcopy(op)
+    assert clone.inputs == op.inputs and clone is not op
