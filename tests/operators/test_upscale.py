@@ -290,3 +290,15 @@ def test_operator_can_be_deep_copied():
     op = UpscaleOperator(task_id="u", inputs=["https://img.test/a.png"], destination="/tmp/x")
     clone = copy.deepcopy(op)
     assert clone.inputs == op.inputs and clone is not op
+
+
+def test_upload_key_inputs_are_sent_as_is(emu, tmp_path):
+    from airflow_provider_stablecog.hooks.stablecog import StablecogHook
+    from airflow_provider_stablecog.utils.inputs import parse_input
+
+    (path,) = sample_images(tmp_path, sizes=((30, 20),))
+    key = StablecogHook().upload_image(path)
+    assert parse_input(key).kind == "upload_key"
+    records = run(UpscaleOperator(task_id="u", inputs=[key], destination=str(tmp_path / "o")))
+    assert records[0]["status"] == "upscaled" and Image.open(records[0]["path"]).size == (120, 80)
+    assert emu.ledger()["uploads"] == 1  # not uploaded a second time
