@@ -110,6 +110,14 @@ def test_credit_aware_fanout(sandbox, emulator, tmp_path):
     instances = sandbox.task_instances("example_stablecog_credit_aware_fanout", result.run_id)
     chunks = [ti for ti in instances if ti.task_id == "upscale_chunk"]
     assert len(chunks) == 3 and {ti.state for ti in chunks} == {"success"}
+    labels = [
+        r["rendered_map_index"]
+        for r in sandbox.query(
+            "SELECT rendered_map_index FROM task_instance WHERE task_id = 'upscale_chunk' AND run_id = ? ORDER BY map_index",
+            (result.run_id,),
+        )
+    ]
+    assert labels == ["10 images: 32x32.png … 41x32.png", "10 images: 42x32.png … 51x32.png", "4 images: 52x32.png … 32x32.png"]
     summary = sandbox.xcom("example_stablecog_credit_aware_fanout", "collect", result.run_id)
     assert summary["images"] == 24 and summary["chunks"] == 3
     # the last chunk repeats the first image: the destination's manifest already has it, so it is free
