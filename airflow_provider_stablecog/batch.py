@@ -29,6 +29,7 @@ from airflow_provider_stablecog.exceptions import (
     CancelledError,
     StablecogError,
     StablecogFatalError,
+    StablecogRetryableError,
 )
 from airflow_provider_stablecog.utils import images
 from airflow_provider_stablecog.utils.storage import AtomicWrite, output_file_name
@@ -337,7 +338,8 @@ class UpscaleBatch:
         elif isinstance(exc, CancelledError):
             result.fail(NOT_STARTED, exc.code, f"{result.input}: {exc.message}")
         else:
-            result.fail(FAILED, exc.code, exc.message)
+            gave_up = " — still failing after the client's retries; retrying the task tries it again" if isinstance(exc, StablecogRetryableError) else ""
+            result.fail(FAILED, exc.code, exc.message + gave_up)
             self.log.warning("Failed: %s", exc.message)
         self._progress.tick(ok=result.status != FAILED)
 

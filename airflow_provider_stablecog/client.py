@@ -441,9 +441,9 @@ class StablecogClient:
         ``open_target`` is called once per attempt so a retried download starts from empty.
         Transient failures are retried under the client's policy.
         """
-        if not url.lower().startswith(("https://", "http://")):
+        if not isinstance(url, str) or not url.lower().startswith(("https://", "http://")):
             raise StablecogInputError(
-                f"refusing to download {redact_url(url)!r}: only http(s) result URLs are fetched",
+                f"refusing to download {redact_url(str(url))!r}: only http(s) result URLs are fetched",
                 code="invalid_output_url",
             )
         return self.call_with_retry(lambda: self._download_once(url, open_target, max_bytes, chunk_size))
