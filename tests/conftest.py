@@ -35,3 +35,13 @@ def client():
     retry = RetryPolicy(max_attempts=4, initial_backoff=0.01, max_backoff=0.05, jitter=0.01)
     with StablecogClient(API_KEY, BASE_URL, rate_limit=None, retry=retry) as c:
         yield c
+
+
+def fresh_emulator(emulator, monkeypatch, *, plan_concurrency: int):
+    """Reset a shared (module-scoped) emulator and point ``stablecog_default`` at it."""
+    emulator.reset()
+    emulator.configure(latency=0.05, faults={}, rate_limit=0)
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_STABLECOG_DEFAULT", emulator.connection_json(plan_concurrency=plan_concurrency, rate_limit=0)
+    )
+    return emulator

@@ -11,6 +11,7 @@ from PIL import Image
 from airflow_provider_stablecog import exceptions as exc
 from airflow_provider_stablecog.client import RetryPolicy, StablecogClient
 from airflow_provider_stablecog.emulator.testing import run_emulator
+from tests.conftest import fresh_emulator
 from airflow_provider_stablecog.hooks.stablecog import StablecogHook
 
 FAST_RETRY = RetryPolicy(max_attempts=3, initial_backoff=0.01, max_backoff=0.05, jitter=0.01)
@@ -24,10 +25,8 @@ def emulator():
 
 @pytest.fixture
 def emu(emulator, monkeypatch):
-    emulator.reset()
-    emulator.configure(latency=0.05, faults={}, rate_limit=0)
-    monkeypatch.setenv("AIRFLOW_CONN_STABLECOG_DEFAULT", emulator.connection_json(plan_concurrency=2, rate_limit=0))
-    return emulator
+    """The shared emulator, reset to a known state, and the default connection pointing at it."""
+    return fresh_emulator(emulator, monkeypatch, plan_concurrency=2)
 
 
 def _client(emu, key=None, **kw) -> StablecogClient:

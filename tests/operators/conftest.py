@@ -3,6 +3,7 @@ from __future__ import annotations
 import pytest
 
 from airflow_provider_stablecog.emulator.testing import run_emulator
+from tests.conftest import fresh_emulator
 
 
 class MemoryStateStore(dict):
@@ -28,10 +29,7 @@ def emulator():
 @pytest.fixture
 def emu(emulator, monkeypatch):
     """The shared emulator, reset to a known state, and the default connection pointing at it."""
-    emulator.reset()
-    emulator.configure(latency=0.05, faults={}, rate_limit=0)
-    monkeypatch.setenv("AIRFLOW_CONN_STABLECOG_DEFAULT", emulator.connection_json(plan_concurrency=4, rate_limit=0))
-    return emulator
+    return fresh_emulator(emulator, monkeypatch, plan_concurrency=4)
 
 
 def charged(emu) -> int:

@@ -1,0 +1,770 @@
+#!/usr/bin/env python
+"""Benchmarks of airflow-provider-stablecog against the local emulator.
+
+    ./dev bench                       # every figure (~10-15 min on 2 cores), writes benchmarks/RESULTS.md
+    ./dev bench --quick               # tiny N, one run each: a smoke test of the harness (~1-2 min)
+    ./dev bench --figures 1,5         # some figures (numbers or names: throughput, baselines, ...)
+    ./dev bench --profile             # also write pyinstrument profiles of the operator runs
+    ./dev bench --output /tmp/r.md    # write the report elsewhere
+
+Every measured workload runs in a fresh subprocess (``benchmarks/_child.py``, or ``airflow dags
+test`` for the mapped-task baseline) so that CPU time and peak RSS belong to that workload alone;
+the emulator is another process and its CPU is never counted. See ``benchmarks/README.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import functools
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+CHILD = HERE / "_child.py"
+WORK = HERE / ".work"  # git-ignored: Airflow home of the children, DB template, profiles
+DEFAULT_OUTPUT = HERE / "RESULTS.md"
+FINDINGS = HERE / "FINDINGS.md"
+CREDITS = 10_000_000
+
+FIGURES = {
+    1: "throughput",
+    2: "baselines",
+    3: "overhead",
+    4: "downloads",
+    5: "import",
+    6: "scaling",
+}
+TITLES = {
+    1: "Throughput vs. the server's ceiling",
+    2: "Speed-up over what a user would write instead",
+    3: "Client overhead at near-zero latency",
+    4: "Downloads of 16-megapixel outputs (streamed)",
+    5: "DAG parse cost (import of the operator module)",
+    6: "Scaling with the plan's concurrency",
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# settings: the default run and --quick
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Settings:
+    quick: bool = False
+    profile: bool = False
+    # 1
+    f1_n: int = 200
+    f1_runs: int = 3
+    f1_latency: float = 1.0
+    f1_plan: int = 4
+    # 2
+    f2_op_n: int = 100
+    f2_op_runs: int = 2
+    f2_seq_n: int = 20
+    f2_seq_runs: int = 2
+    f2_mapped_n: int = 20
+    f2_latency: float = 1.0
+    f2_plan: int = 4
+    # 3
+    f3_n: int = 10_000
+    f3_runs: int = 3
+    f3_sample: str = "8x8.png"
+    # 4
+    f4_n: int = 16
+    f4_runs: int = 3
+    f4_big: int = 1024  # input side; output is 4x
+    f4_small: int = 64
+    # 5
+    f5_runs: int = 7
+    # 6
+    f6_plans: tuple[int, ...] = (1, 2, 4, 8)
+    f6_seconds: int = 10  # images per plan = seconds x (plan + 1): ~seconds of work at the ceiling
+    f6_runs: int = 3
+    f6_latency: float = 1.0
+
+    @classmethod
+    def quick_settings(cls) -> Settings:
+        return cls(
+            quick=True,
+            f1_n=10, f1_runs=1, f1_latency=0.2,
+            f2_op_n=10, f2_op_runs=1, f2_seq_n=3, f2_seq_runs=1, f2_mapped_n=2, f2_latency=0.2,
+            f3_n=200, f3_runs=1,
+            f4_n=2, f4_runs=1,
+            f5_runs=2,
+            f6_plans=(1, 2), f6_seconds=2, f6_runs=1, f6_latency=0.2,
+        )
+
+
+@dataclass
+class FigureResult:
+    number: int
+    summary: str = ""
+    goal: str = ""
+    met: bool | None = None
+    details: list[str] = field(default_factory=list)  # markdown lines
+    error: str | None = None
+    seconds: float = 0.0
+
+    @property
+    def status(self) -> str:
+        if self.error:
+            return "ERROR"
+        if self.met is None:
+            return "n/a"
+        return "met" if self.met else "MISSED"
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------------------------
+
+
+def log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def fmt_runs(values: list[float], spec: str = ".2f") -> str:
+    return ", ".join(format(v, spec) for v in values)
+
+
+def child_env(connection_json: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW__", "AIRFLOW_CONN_", "AIRFLOW_VAR_"))}
+    env.pop("AIRFLOW_CONFIG", None)
+    home = WORK / "airflow-home"
+    home.mkdir(parents=True, exist_ok=True)
+    env["AIRFLOW_HOME"] = str(home)
+    env["AIRFLOW_CONN_STABLECOG_DEFAULT"] = connection_json
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *[p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]])
+    return env
+
+
+def run_child(spec: dict[str, Any], connection_json: str, label: str, timeout: float = 1800) -> dict[str, Any]:
+    """Run one workload in its own process; return its @@RESULT JSON."""
+    done = subprocess.run(
+        [sys.executable, str(CHILD), json.dumps(spec)],
+        env=child_env(connection_json),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=tempfile.gettempdir(),
+        stdin=subprocess.DEVNULL,
+    )
+    for line in reversed(done.stdout.splitlines()):
+        if line.startswith("@@RESULT "):
+            result = json.loads(line[len("@@RESULT "):])
+            bad = {k: v for k, v in result.get("statuses", {}).items() if k != "upscaled"}
+            if bad:
+                raise RuntimeError(f"{label}: not every image was upscaled: {result['statuses']}")
+            return result
+    tail = (done.stdout + "\n" + done.stderr)[-4000:]
+    raise RuntimeError(f"{label}: the child failed (exit {done.returncode}):\n{tail}")
+
+
+def profile_path(settings: Settings, name: str) -> str | None:
+    if not settings.profile:
+        return None
+    folder = WORK / "profiles"
+    folder.mkdir(parents=True, exist_ok=True)
+    return str(folder / name)
+
+
+@contextlib.contextmanager
+def emulator(**options: Any) -> Iterator[Any]:
+    from airflow_provider_stablecog.emulator.testing import run_emulator
+
+    options.setdefault("credits", CREDITS)
+    with run_emulator(**options) as emu:
+        yield emu
+
+
+def sample_template(emu: Any, sample: str) -> str:
+    return emu.base_url + f"/samples/{sample}?seed={{i}}"
+
+
+@contextlib.contextmanager
+def static_server(folder: Path) -> Iterator[str]:
+    """A plain HTTP server on 127.0.0.1 for input images (HEAD with Content-Length, GET image/png)."""
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(folder)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def machine() -> dict[str, str]:
+    info: dict[str, str] = {}
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    info["CPU"] = cpu
+    info["Cores (logical)"] = str(os.cpu_count())
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal"):
+                info["RAM"] = f"{int(line.split()[1]) / 1024 / 1024:.1f} GiB"
+    info["OS"] = platform.platform()
+    info["Python"] = platform.python_version()
+    with contextlib.suppress(Exception):
+        from importlib.metadata import version
+
+        info["apache-airflow"] = version("apache-airflow")
+        info["requests / urllib3"] = f"{version('requests')} / {version('urllib3')}"
+        info["airflow-provider-stablecog"] = version("airflow-provider-stablecog")
+    with contextlib.suppress(Exception):
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True, text=True, timeout=10)
+        if commit.returncode == 0:
+            info["Commit"] = commit.stdout.strip() + (" (+ uncommitted changes)" if dirty.stdout.strip() else "")
+    with contextlib.suppress(OSError):
+        info["Load average at start"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    info["Date"] = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return info
+
+
+def table(header: list[str], rows: list[list[Any]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return lines
+
+
+# ---------------------------------------------------------------------------------------------
+# figure 1: throughput vs. the ceiling
+# ---------------------------------------------------------------------------------------------
+
+
+def operator_rates(settings: Settings, emu: Any, conn: str, n: int, runs: int, label: str, **spec: Any) -> list[dict[str, Any]]:
+    results = []
+    for run in range(runs):
+        emu.reset()
+        spec_run = {"kind": "operator", "url_template": sample_template(emu, "64x64.png"), "n": n, "seed": run * n, **spec}
+        spec_run["profile"] = profile_path(settings, f"{label}-run{run + 1}")
+        result = run_child(spec_run, conn, f"{label} run {run + 1}")
+        ledger = emu.ledger()
+        result["rate"] = n / result["wall_s"]
+        result["server_max_in_flight"] = ledger["max_in_flight"]
+        result["rate_limited"] = ledger["rate_limited"]
+        results.append(result)
+        log(f"  {label} run {run + 1}/{runs}: {n} images in {result['wall_s']:.2f} s = {result['rate']:.3f} images/s")
+    return results
+
+
+def figure_1(settings: Settings, out: FigureResult) -> None:
+    s = settings
+    capacity = (s.f1_plan + 1) / s.f1_latency
+    with emulator(latency=s.f1_latency, plan_concurrency=s.f1_plan) as emu:
+        conn = emu.connection_json(plan_concurrency=s.f1_plan)
+        runs = operator_rates(s, emu, conn, s.f1_n, s.f1_runs, "fig1-operator")
+    rates = [r["rate"] for r in runs]
+    rate = median(rates)
+    ratio = rate / capacity
+    ideal = -(-s.f1_n // (s.f1_plan + 1)) * s.f1_latency
+    out.summary = f"{rate:.2f} images/s = {ratio:.3f} of the {capacity:g} images/s ceiling"
+    out.goal = "ratio >= 0.95"
+    out.met = ratio >= 0.95
+    out.details += [
+        f"UpscaleOperator.execute with N = {s.f1_n} distinct image URLs (emulator samples, 64x64), no destination, "
+        f"emulator latency {s.f1_latency:g} s, plan concurrency {s.f1_plan} (the server runs {s.f1_plan + 1} at once, "
+        f"holds the rest), default rate limits (emulator 10 create req/s per IP, client 8 req/s). "
+        f"Operator defaults: max_concurrency = plan + 1 = {s.f1_plan + 1}. "
+        f"Ceiling = (plan + 1) / latency = {capacity:g} images/s; the shortest possible run is {ideal:g} s. "
+        "Time = wall time of `execute()` in a fresh process (includes the credits call and planning, not the interpreter start).",
+        "",
+        *table(
+            ["run", "wall s", "images/s", "ratio to ceiling", "server max in flight", "429s", "CPU s"],
+            [[i + 1, f"{r['wall_s']:.2f}", f"{r['rate']:.3f}", f"{r['rate'] / capacity:.3f}", r["server_max_in_flight"], r["rate_limited"], f"{r['cpu_s']:.2f}"] for i, r in enumerate(runs)],
+        ),
+        "",
+        f"Median {rate:.3f} images/s over {len(runs)} runs; ratio {ratio:.3f}.",
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# figure 2: baselines (sequential requests loop, one mapped task per image)
+# ---------------------------------------------------------------------------------------------
+
+MAPPED_DAG_ID = "bench_mapped_upscale"
+MAPPED_DAG = '''
+"""Baseline: one mapped task per image (what a user might write without UpscaleOperator)."""
+from __future__ import annotations
+
+import pendulum
+from airflow.sdk import dag, task
+
+
+@dag(dag_id="bench_mapped_upscale", schedule=None, start_date=pendulum.datetime(2024, 1, 1), catchup=False)
+def bench_mapped_upscale():
+    @task
+    def list_inputs(dag_run=None) -> list[str]:
+        return list(dag_run.conf["urls"])
+
+    @task
+    def upscale_one(url: str) -> str:
+        from airflow_provider_stablecog.hooks.stablecog import StablecogHook
+
+        return StablecogHook().upscale(url).output.image_url
+
+    upscale_one.expand(url=list_inputs())
+
+
+bench_mapped_upscale()
+'''
+
+
+def _parse_db_time(value: str) -> dt.datetime:
+    parsed = dt.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.timezone.utc)
+
+
+def mapped_run(settings: Settings, emu: Any, conn: str, n: int) -> dict[str, Any]:
+    from airflow_provider_stablecog.testing import AirflowSandbox
+
+    template = WORK / "airflow-db-template.db"
+    with tempfile.TemporaryDirectory(prefix="stablecog-bench-sandbox-") as tmp:
+        box = AirflowSandbox(Path(tmp) / "home", Path(tmp) / "dags")
+        box.write_dag("bench_mapped_upscale.py", MAPPED_DAG)
+        box.set_connection_env("stablecog_default", conn)
+        migrate_s = box.migrate(template=template)
+        urls = [sample_template(emu, "64x64.png").format(i=900_000 + i) for i in range(n)]
+        result = box.dags_test(MAPPED_DAG_ID, conf={"urls": urls}, timeout=1800).check()
+        rows = box.query(
+            "SELECT map_index, state, start_date, end_date FROM task_instance WHERE dag_id = ? AND run_id = ? AND task_id = 'upscale_one'",
+            (MAPPED_DAG_ID, result.run_id),
+        )
+        states = {r["state"] for r in rows}
+        if len(rows) != n or states != {"success"}:
+            raise RuntimeError(f"mapped baseline: {len(rows)} task instances, states {states}")
+        starts = [_parse_db_time(r["start_date"]) for r in rows]
+        ends = [_parse_db_time(r["end_date"]) for r in rows]
+        span = (max(ends) - min(starts)).total_seconds()
+        durations = [(e - s).total_seconds() for s, e in zip(starts, ends)]
+        return {
+            "n": n, "span_s": span, "command_s": result.duration, "migrate_s": migrate_s, "rate": n / span,
+            "ti_mean_s": statistics.mean(durations), "gap_mean_s": (span - sum(durations)) / max(n - 1, 1),
+        }
+
+
+def figure_2(settings: Settings, out: FigureResult) -> None:
+    s = settings
+    op_runs: list[dict[str, Any]] = []
+    seq_runs: list[dict[str, Any]] = []
+    with emulator(latency=s.f2_latency, plan_concurrency=s.f2_plan) as emu:
+        conn = emu.connection_json(plan_concurrency=s.f2_plan)
+        # interleaved, so that a noisy minute hurts both sides alike
+        for run in range(max(s.f2_op_runs, s.f2_seq_runs)):
+            if run < s.f2_op_runs:
+                op_runs += operator_rates(s, emu, conn, s.f2_op_n, 1, f"fig2-operator-{run + 1}", seed=10_000 + run * s.f2_op_n)
+            if run < s.f2_seq_runs:
+                emu.reset()
+                spec = {"kind": "sequential", "url_template": sample_template(emu, "64x64.png"), "n": s.f2_seq_n, "seed": 500_000 + run * s.f2_seq_n}
+                result = run_child(spec, conn, f"sequential run {run + 1}")
+                result["rate"] = result["n"] / result["wall_s"]
+                seq_runs.append(result)
+                log(f"  sequential run {run + 1}: {result['n']} images in {result['wall_s']:.2f} s = {result['rate']:.3f} images/s")
+        emu.reset()
+        log(f"  mapped tasks: airflow dags test with {s.f2_mapped_n} mapped task instances ...")
+        mapped = mapped_run(s, emu, conn, s.f2_mapped_n)
+        log(f"  mapped: {mapped['n']} images, task span {mapped['span_s']:.2f} s = {mapped['rate']:.3f} images/s (command {mapped['command_s']:.1f} s)")
+    op_rate = median([r["rate"] for r in op_runs])
+    seq_rate = median([r["rate"] for r in seq_runs])
+    speed_seq, speed_mapped = op_rate / seq_rate, op_rate / mapped["rate"]
+    out.summary = (
+        f"{speed_seq:.1f}x over a sequential requests loop, {speed_mapped:.1f}x over one mapped task per image "
+        f"(operator {op_rate:.2f}, loop {seq_rate:.2f}, mapped {mapped['rate']:.2f} images/s; N = {s.f2_op_n} / {s.f2_seq_n} / {s.f2_mapped_n})"
+    )
+    out.goal = ">= 4.5x and >= 10x"
+    out.met = speed_seq >= 4.5 and speed_mapped >= 10
+    capacity = (s.f2_plan + 1) / s.f2_latency
+    out.details += [
+        f"One emulator for all three (latency {s.f2_latency:g} s, plan concurrency {s.f2_plan}, ceiling {capacity:g} images/s, "
+        "default rate limits), measured in the same run and interleaved. The slow baselines use fewer images; "
+        "images/s is compared, not total time.",
+        "",
+        "- **UpscaleOperator**: as in figure 1, N = %d per run." % s.f2_op_n,
+        "- **Sequential loop** (what a PythonOperator would do): one `requests.Session`, `POST /v1/image/upscale/create`, "
+        "wait for the answer, next image; wall time of the loop in a fresh process. N = %d per run." % s.f2_seq_n,
+        "- **One mapped task per image**: `@task upscale_one(url)` (StablecogHook().upscale) `.expand(url=...)`, run by "
+        f"`airflow dags test` in an AirflowSandbox (SQLite); time = first mapped task's start to last one's end from the "
+        f"metadata DB (excludes CLI start-up and the `list_inputs` task). N = {s.f2_mapped_n}. Note: `dags test` runs task "
+        "instances one after another; under a real executor mapped tasks can overlap, but each still pays a task "
+        "start-up, and more than plan + 1 in flight gains nothing on the server.",
+        "",
+        *table(
+            ["approach", "N", "runs (images/s)", "median images/s", "speed-up of the operator"],
+            [
+                ["UpscaleOperator", s.f2_op_n, fmt_runs([r["rate"] for r in op_runs], ".3f"), f"{op_rate:.3f}", "1.0x"],
+                ["sequential requests loop", s.f2_seq_n, fmt_runs([r["rate"] for r in seq_runs], ".3f"), f"{seq_rate:.3f}", f"{speed_seq:.2f}x"],
+                ["mapped task per image (dags test)", s.f2_mapped_n, f"{mapped['rate']:.3f}", f"{mapped['rate']:.3f}", f"{speed_mapped:.2f}x"],
+            ],
+        ),
+        "",
+        f"Mapped run: task span {mapped['span_s']:.1f} s for {mapped['n']} task instances "
+        f"({mapped['span_s'] / mapped['n']:.2f} s per image against {s.f2_latency:g} s of server time: each task instance "
+        f"ran {mapped['ti_mean_s']:.3f} s on average, with {mapped['gap_mean_s']:.3f} s between one task's end and the next one's start); "
+        f"the whole `airflow dags test` command took {mapped['command_s']:.1f} s.",
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# figure 3: client overhead
+# ---------------------------------------------------------------------------------------------
+
+
+def figure_3(settings: Settings, out: FigureResult) -> None:
+    s = settings
+    runs = []
+    with emulator(latency=0, plan_concurrency=4, rate_limit=0) as emu:
+        conn = emu.connection_json(plan_concurrency=4, rate_limit=0)
+        for run in range(s.f3_runs):
+            emu.reset()
+            spec = {
+                "kind": "operator", "url_template": sample_template(emu, s.f3_sample), "n": s.f3_n,
+                "seed": run * s.f3_n, "rate_limit": 0, "profile": profile_path(s, f"fig3-overhead-run{run + 1}"),
+            }
+            result = run_child(spec, conn, f"overhead run {run + 1}")
+            result["cpu_ms_per_item"] = result["cpu_s"] * 1000 / result["n"]
+            runs.append(result)
+            log(f"  overhead run {run + 1}/{s.f3_runs}: {result['cpu_ms_per_item']:.3f} CPU ms/item, "
+                f"peak RSS {result['maxrss_mb']:.0f} MB, XCom {result['xcom_bytes'] / 1e6:.2f} MB, wall {result['wall_s']:.1f} s")
+    cpu = median([r["cpu_ms_per_item"] for r in runs])
+    rss = max(r["maxrss_mb"] for r in runs)
+    xcom = median([r["xcom_bytes"] for r in runs])
+    n = s.f3_n
+    xcom_scaled = xcom * 10_000 / n  # the goal is for 10,000 items
+    ok_cpu, ok_rss, ok_xcom = cpu <= 5, rss <= 200, xcom_scaled <= 2e6
+    out.summary = (
+        f"{cpu:.2f} CPU ms/item, peak RSS {rss:.0f} MB, XCom {xcom / 1e6:.2f} MB for {n:,} items "
+        f"({xcom / n:.0f} B/item)"
+    )
+    out.goal = "<= 5 ms, <= 200 MB, <= 2 MB (10,000 items)"
+    out.met = ok_cpu and ok_rss and ok_xcom
+    last = runs[-1]
+    values = last.get("xcom_value_bytes", 0) / last["n"]
+    out.details += [
+        f"UpscaleOperator.execute with N = {n:,} distinct URLs of {s.f3_sample} emulator samples, emulator latency 0, "
+        "emulator and operator rate limits off, plan concurrency 4 (5 in flight), no destination. "
+        "CPU = user + system time of the operator's process (all its threads) during `execute()`, divided by N; "
+        "the emulator is another process. Peak RSS = `ru_maxrss` of that process (includes the Airflow import). "
+        "XCom = `len(json.dumps(return_value))`.",
+        "",
+        *table(
+            ["run", "wall s", "items/s", "CPU s", "CPU ms/item", "peak RSS MB", "XCom bytes"],
+            [[i + 1, f"{r['wall_s']:.1f}", f"{r['n'] / r['wall_s']:.0f}", f"{r['cpu_s']:.2f}", f"{r['cpu_ms_per_item']:.3f}", f"{r['maxrss_mb']:.0f}", f"{r['xcom_bytes']:,}"] for i, r in enumerate(runs)],
+        ),
+        "",
+        f"Goals: CPU {cpu:.3f} ms/item ({'met' if ok_cpu else 'MISSED'}), peak RSS {rss:.0f} MB (max of runs; "
+        f"{'met' if ok_rss else 'MISSED'}), XCom {xcom:,.0f} bytes ({'met' if ok_xcom else 'MISSED'}).",
+        "",
+        f"XCom anatomy (last run): {last['xcom_bytes'] / last['n']:.1f} bytes per record, of which {values:.1f} are the "
+        f"JSON values themselves (input {last.get('avg_input_chars', 0):.0f} chars, output_id 36, url "
+        f"{last.get('avg_url_chars', 0):.0f} chars, status) and {last['xcom_bytes'] / last['n'] - values:.1f} are keys and "
+        f"separators; with compact separators it would be {last.get('xcom_compact_bytes', 0):,} bytes.",
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# figure 4: downloads
+# ---------------------------------------------------------------------------------------------
+
+
+def figure_4(settings: Settings, out: FigureResult) -> None:
+    from PIL import Image
+
+    s = settings
+    results: dict[str, list[dict[str, Any]]] = {"big": [], "small": []}
+    with tempfile.TemporaryDirectory(prefix="stablecog-bench-dl-") as tmp:
+        folder = Path(tmp) / "inputs"
+        folder.mkdir()
+        # random noise: incompressible, so the 4x JPEG outputs are as large as real photos get
+        for name, side in (("big", s.f4_big), ("small", s.f4_small)):
+            Image.frombytes("RGB", (side, side), os.urandom(3 * side * side)).save(folder / f"noise-{name}.png")
+        with static_server(folder) as base, emulator(latency=0, plan_concurrency=4, rate_limit=0) as emu:
+            conn = emu.connection_json(plan_concurrency=4, rate_limit=0)
+            for run in range(s.f4_runs):
+                for name in ("big", "small"):
+                    emu.reset()
+                    dest = Path(tmp) / f"out-{name}-{run}"
+                    spec = {
+                        "kind": "operator", "url_template": f"{base}/noise-{name}.png?i={{i}}", "n": s.f4_n,
+                        "seed": run * s.f4_n, "rate_limit": 0, "destination": str(dest),
+                    }
+                    result = run_child(spec, conn, f"download {name} run {run + 1}")
+                    results[name].append(result)
+                    log(f"  downloads {name} run {run + 1}: peak RSS {result['maxrss_mb']:.1f} MB, "
+                        f"largest output {result['output_bytes_max'] / 1e6:.2f} MB {result['output_sizes']}")
+                    shutil.rmtree(dest, ignore_errors=True)
+    big, small = results["big"], results["small"]
+    rss_big, rss_small = median([r["maxrss_mb"] for r in big]), median([r["maxrss_mb"] for r in small])
+    delta = rss_big - rss_small
+    out_mb = max(r["output_bytes_max"] for r in big) / 2**20
+    buffered = 4 * out_mb  # 4 concurrent downloads (BatchOptions.download_concurrency) held in memory
+    out.summary = (
+        f"peak RSS {rss_big:.0f} MB with {big[0]['output_sizes'][0]} outputs ({out_mb:.1f} MiB each) vs "
+        f"{rss_small:.0f} MB with {small[0]['output_sizes'][0]}: +{delta:.1f} MB"
+    )
+    out.goal = f"streamed: +RSS < half of 4 x output ({buffered / 2:.0f} MB)"
+    out.met = delta < buffered / 2
+    out.details += [
+        f"UpscaleOperator with a local destination, N = {s.f4_n} per run, inputs are random-noise PNGs served by a "
+        f"plain HTTP server ({s.f4_big}x{s.f4_big} -> {s.f4_big * 4}x{s.f4_big * 4} outputs, "
+        f"{s.f4_small}x{s.f4_small} -> {s.f4_small * 4}x{s.f4_small * 4} for the small run); noise does not compress, "
+        "so the JPEG outputs are as large as real photos get. Emulator latency 0, plan concurrency 4, 4 parallel "
+        "downloads. Peak RSS = `ru_maxrss` of the operator's process; runs alternate big/small.",
+        "",
+        *table(
+            ["outputs", "runs peak RSS MB", "median peak RSS MB", "largest output", "total written", "wall s (median)"],
+            [
+                [f"{big[0]['output_sizes'][0]}", fmt_runs([r["maxrss_mb"] for r in big], ".1f"), f"{rss_big:.1f}", f"{out_mb:.2f} MiB", f"{median([r['output_bytes_total'] for r in big]) / 2**20:.0f} MiB", f"{median([r['wall_s'] for r in big]):.1f}"],
+                [f"{small[0]['output_sizes'][0]}", fmt_runs([r["maxrss_mb"] for r in small], ".1f"), f"{rss_small:.1f}", f"{max(r['output_bytes_max'] for r in small) / 2**20:.3f} MiB", f"{median([r['output_bytes_total'] for r in small]) / 2**20:.1f} MiB", f"{median([r['wall_s'] for r in small]):.1f}"],
+            ],
+        ),
+        "",
+        f"Difference {delta:+.1f} MB, against {buffered:.0f} MB that holding the 4 concurrent downloads in memory would "
+        "take (more with a copy): the client streams each download in 1 MiB chunks to a temporary file "
+        "and verifies it from disk, so memory does not grow with the image size.",
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# figure 5: DAG parse cost
+# ---------------------------------------------------------------------------------------------
+
+IMPORT_SCRIPT = """
+import sys, time
+import airflow.sdk
+sys.stderr.write("@@MARK\\n"); sys.stderr.flush()
+t0 = time.perf_counter()
+import airflow_provider_stablecog.operators.upscale
+sys.stderr.write("@@WALL %f\\n" % (time.perf_counter() - t0)); sys.stderr.flush()
+"""
+_IMPORT_LINE = re.compile(r"^import time:\s+(\d+) \|\s+(\d+) \|( *)(\S+)")
+
+
+def figure_5(settings: Settings, out: FigureResult) -> None:
+    s = settings
+    rows, self_times = [], {}
+    env = child_env("{}")
+    for run in range(s.f5_runs):
+        with tempfile.TemporaryDirectory() as cwd:  # like a DAG processor: not in the repository
+            done = subprocess.run([sys.executable, "-X", "importtime", "-c", IMPORT_SCRIPT], capture_output=True, text=True, env=env, cwd=cwd, timeout=300)
+        if done.returncode != 0:
+            raise RuntimeError(f"import run failed:\n{done.stderr[-3000:]}")
+        before, after, wall, seen_mark = 0, 0, 0.0, False
+        for line in done.stderr.splitlines():
+            if line.startswith("@@MARK"):
+                seen_mark = True
+                continue
+            if line.startswith("@@WALL"):
+                wall = float(line.split()[1]) * 1000
+                continue
+            match = _IMPORT_LINE.match(line)
+            if not match:
+                continue
+            self_us, cumulative_us, indent, name = int(match[1]), int(match[2]), match[3], match[4]
+            top = len(indent) == 1
+            if seen_mark:
+                after += cumulative_us if top else 0
+                self_times.setdefault(name, []).append(self_us)
+            elif top:
+                before += cumulative_us
+        rows.append({"delta_ms": after / 1000, "wall_ms": wall, "sdk_ms": before / 1000})
+        log(f"  import run {run + 1}/{s.f5_runs}: +{after / 1000:.1f} ms over airflow.sdk (perf_counter {wall:.1f} ms)")
+    delta = median([r["delta_ms"] for r in rows])
+    wall = median([r["wall_ms"] for r in rows])
+    sdk = median([r["sdk_ms"] for r in rows])
+    top = sorted(((median(v) / 1000, k) for k, v in self_times.items()), reverse=True)[:6]
+    out.summary = f"+{delta:.1f} ms to import the operator module after airflow.sdk (airflow.sdk itself: {sdk:.0f} ms)"
+    out.goal = "<= 20 ms"
+    out.met = delta <= 20
+    out.details += [
+        "`python -X importtime -c 'import airflow.sdk; import airflow_provider_stablecog.operators.upscale'` in a fresh "
+        f"process (cwd outside the repository), {s.f5_runs} runs; the figure is the sum of the cumulative times of the "
+        "top-level imports after `airflow.sdk` (the provider's own modules plus anything they pull in that the SDK "
+        "had not), median of the runs. `perf_counter` around the import statement is shown as a cross-check "
+        "(it includes -X importtime's own overhead).",
+        "",
+        *table(
+            ["", "runs", "median"],
+            [
+                ["operator module over airflow.sdk (importtime), ms", fmt_runs([r["delta_ms"] for r in rows], ".1f"), f"{delta:.1f}"],
+                ["same, perf_counter, ms", fmt_runs([r["wall_ms"] for r in rows], ".1f"), f"{wall:.1f}"],
+                ["python start-up + airflow.sdk (importtime), ms", fmt_runs([r["sdk_ms"] for r in rows], ".0f"), f"{sdk:.0f}"],
+            ],
+        ),
+        "",
+        "Largest self times after airflow.sdk (median ms): " + ", ".join(f"`{name}` {ms:.2f}" for ms, name in top) + ".",
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# figure 6: scaling with the plan concurrency
+# ---------------------------------------------------------------------------------------------
+
+
+def figure_6(settings: Settings, out: FigureResult) -> None:
+    s = settings
+    rows = []
+    for plan in s.f6_plans:
+        ceiling = (plan + 1) / s.f6_latency
+        n = s.f6_seconds * (plan + 1)
+        with emulator(latency=s.f6_latency, plan_concurrency=plan, rate_limit=0) as emu:
+            conn = emu.connection_json(plan_concurrency=plan, rate_limit=0)
+            runs = operator_rates(s, emu, conn, n, s.f6_runs, f"fig6-plan{plan}")
+        rate = median([r["rate"] for r in runs])
+        rows.append({"plan": plan, "n": n, "ceiling": ceiling, "rate": rate, "ratio": rate / ceiling, "runs": runs})
+    worst = min(rows, key=lambda r: r["ratio"])
+    out.summary = "; ".join(f"plan {r['plan']}: {r['rate']:.2f}/{r['ceiling']:g} ({r['ratio']:.2f})" for r in rows) + " images/s"
+    out.goal = "each >= 0.95 of (plan+1)/latency"
+    out.met = worst["ratio"] >= 0.95
+    out.details += [
+        f"UpscaleOperator with the connection's `plan_concurrency` extra = the emulator's `--plan-concurrency`, "
+        f"latency {s.f6_latency:g} s, N = {s.f6_seconds} x (plan + 1) images (about {s.f6_seconds} s of work at the ceiling), "
+        "no destination, rate limits off on both sides (so that the ceiling is the concurrency alone: with the "
+        "default client limit of 8 requests/s, plan 8 would be capped at 8 images/s).",
+        "",
+        *table(
+            ["plan concurrency", "in flight", "N", "ceiling images/s", "runs images/s", "median images/s", "ratio"],
+            [[r["plan"], r["plan"] + 1, r["n"], f"{r['ceiling']:g}", fmt_runs([x["rate"] for x in r["runs"]], ".3f"), f"{r['rate']:.3f}", f"{r['ratio']:.3f}"] for r in rows],
+        ),
+    ]
+
+
+RUNNERS: dict[int, Callable[[Settings, FigureResult], None]] = {
+    1: figure_1, 2: figure_2, 3: figure_3, 4: figure_4, 5: figure_5, 6: figure_6,
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# report
+# ---------------------------------------------------------------------------------------------
+
+
+def summary_table(results: dict[int, FigureResult]) -> list[str]:
+    rows = []
+    for number in FIGURES:
+        r = results.get(number)
+        if r is None:
+            rows.append([number, TITLES[number], "not run", "", "not run"])
+        elif r.error:
+            rows.append([number, TITLES[number], "error: " + r.error.strip().splitlines()[-1][:150], r.goal, "ERROR"])
+        else:
+            rows.append([number, TITLES[number], r.summary.replace("|", "/"), r.goal, r.status])
+    return table(["#", "figure", "result", "goal", "status"], rows)
+
+
+def report(results: dict[int, FigureResult], settings: Settings, info: dict[str, str], elapsed: float) -> str:
+    lines = [
+        "# Benchmark results",
+        "",
+        f"Generated by `./dev bench{' --quick' if settings.quick else ''}` in {elapsed / 60:.1f} min."
+        + (" **Quick mode: tiny N, one run each; the numbers are not meaningful.**" if settings.quick else ""),
+        "The machine is shared and noisy: rates are medians of several runs, and every ratio compares numbers "
+        "measured side by side in this run. See `benchmarks/README.md` for what each figure means.",
+        "",
+        "## Machine",
+        "",
+        *table(["", ""], [[k, v] for k, v in info.items()]),
+        "",
+        "## Summary",
+        "",
+        *summary_table(results),
+        "",
+    ]
+    for number, r in sorted(results.items()):
+        lines += [f"## {number}. {TITLES[number]}", ""]
+        if r.error:
+            lines += ["```", r.error.strip()[-3000:], "```", ""]
+            continue
+        lines += [f"**{r.summary}** — goal {r.goal}: **{r.status}** ({r.seconds:.0f} s to measure)", "", *r.details, ""]
+    if FINDINGS.exists():
+        lines += [FINDINGS.read_text(encoding="utf-8").strip(), ""]
+    return "\n".join(lines)
+
+
+def parse_figures(text: str | None) -> list[int]:
+    if not text:
+        return list(FIGURES)
+    by_name = {v: k for k, v in FIGURES.items()}
+    chosen = []
+    for part in re.split(r"[,\s]+", text.strip()):
+        if not part:
+            continue
+        number = int(part) if part.isdigit() else by_name.get(part.lower())
+        if number not in FIGURES:
+            raise SystemExit(f"unknown figure {part!r}; choose from {', '.join(f'{k}={v}' for k, v in FIGURES.items())}")
+        chosen.append(number)
+    return sorted(set(chosen))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="tiny N and one run each (a smoke test of the harness)")
+    parser.add_argument("--figures", "-f", default=None, help="comma-separated numbers or names: " + ", ".join(f"{k}={v}" for k, v in FIGURES.items()))
+    parser.add_argument("--output", "-o", default=str(DEFAULT_OUTPUT), help="where to write the markdown report (default benchmarks/RESULTS.md)")
+    parser.add_argument("--profile", action="store_true", help="write pyinstrument profiles of operator runs to benchmarks/.work/profiles/")
+    args = parser.parse_args(argv)
+    settings = Settings.quick_settings() if args.quick else Settings()
+    settings.profile = args.profile
+    figures = parse_figures(args.figures)
+    WORK.mkdir(parents=True, exist_ok=True)
+    info = machine()
+    started = time.monotonic()
+    results: dict[int, FigureResult] = {}
+    for number in figures:
+        result = FigureResult(number)
+        log(f"figure {number}: {TITLES[number]}")
+        t0 = time.monotonic()
+        try:
+            RUNNERS[number](settings, result)
+        except Exception:  # one broken figure must not lose the others
+            result.error = traceback.format_exc()
+            log(f"figure {number} failed:\n{result.error}")
+        result.seconds = time.monotonic() - t0
+        results[number] = result
+        log(f"figure {number}: {result.summary or 'error'} [{result.status}] ({result.seconds:.0f} s)")
+    elapsed = time.monotonic() - started
+    text = report(results, settings, info, elapsed)
+    output = Path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(text, encoding="utf-8")
+    print()
+    print("\n".join(summary_table(results)))
+    print(f"\n{len(figures)} figure(s) in {elapsed / 60:.1f} min; report written to {output}")
+    return 1 if any(r.error for r in results.values()) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,67 @@
+"""Smoke test of the benchmark harness: ``benchmarks/run.py --quick`` runs every figure end to end.
+
+No timing is asserted (the machine is shared and noisy): only that each of the six figures produced
+a row with numbers in the summary table.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+RUNNER = ROOT / "benchmarks" / "run.py"
+
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
+
+
+def _summary_rows(markdown: str) -> dict[int, list[str]]:
+    section = markdown.split("## Summary", 1)[1].split("\n## ", 1)[0]
+    rows = {}
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if cells and cells[0].isdigit():
+            rows[int(cells[0])] = cells
+    return rows
+
+
+def test_quick_run_produces_all_six_figures(tmp_path):
+    output = tmp_path / "RESULTS.md"
+    done = subprocess.run(
+        [sys.executable, str(RUNNER), "--quick", "--output", str(output)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-6000:]
+    text = output.read_text(encoding="utf-8")
+    assert "## Machine" in text and "apache-airflow" in text and "Python" in text
+
+    rows = _summary_rows(text)
+    assert sorted(rows) == [1, 2, 3, 4, 5, 6], rows
+    for number, cells in rows.items():
+        _, title, result, goal, status = cells
+        assert status in ("met", "MISSED", "n/a"), (number, cells)
+        assert re.search(r"\d+(\.\d+)?", result), (number, result)
+    # the same table is printed on stdout
+    assert re.search(r"^\| 6 \| Scaling", done.stdout, re.M), done.stdout[-2000:]
+
+
+def test_figure_selection_by_name(tmp_path):
+    output = tmp_path / "RESULTS.md"
+    done = subprocess.run(
+        [sys.executable, str(RUNNER), "--quick", "--figures", "import", "--output", str(output)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    rows = _summary_rows(output.read_text(encoding="utf-8"))
+    assert rows[5][4] in ("met", "MISSED")
+    assert all(rows[n][4] == "not run" for n in (1, 2, 3, 4, 6))
