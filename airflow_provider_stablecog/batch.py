@@ -298,7 +298,10 @@ class UpscaleBatch:
                     value = self.client.upload_image(fh, filename=name, content_type=content_type)
         return self.client.upscale(value, model_id=self.options.model_id)
 
-    def _on_upscaled(self, key: str, future: Future, downloads: dict[Future, str], pool: ThreadPoolExecutor) -> None:
+    def _on_upscaled(
+        self, key: str, future: Future, downloads: dict[Future, str], pool: ThreadPoolExecutor | None
+    ) -> None:
+        """Record an upscale's answer (checkpoint first), then queue its download (``pool``: None after a stop)."""
         result = self.results[key]
         try:
             answer: UpscaleResult = future.result()
@@ -326,7 +329,7 @@ class UpscaleBatch:
         if self.destination is None:
             result.status = UPSCALED
             self._progress.tick(ok=True)
-        else:
+        elif pool is not None:
             downloads[pool.submit(self._download, key)] = key
 
     def _on_error(self, result: ItemResult, exc: StablecogError) -> None:
@@ -359,20 +362,14 @@ class UpscaleBatch:
         try:
             path, width, height = future.result()
         except (StablecogError, images.ImageCheckError) as exc:
-            code = getattr(exc, "code", "download_failed")
-            result.fail(FAILED, code, f"{result.input}: upscaled (output {result.output_id}) but the download failed: {exc}; a retry downloads it again without paying")
-            self.log.warning("%s", result.message)
-            self._progress.tick(ok=False)
+            self._download_failed(result, getattr(exc, "code", "download_failed"), f"the download failed: {exc}")
             return
         except OSError as exc:
-            result.fail(FAILED, "destination_error", f"{result.input}: upscaled (output {result.output_id}) but writing to the destination failed ({type(exc).__name__}: {exc}); fix the destination and retry — nothing is paid again")
-            self.log.warning("%s", result.message)
-            self._progress.tick(ok=False)
+            self._download_failed(result, "destination_error", f"writing to the destination failed ({type(exc).__name__}: {exc}); fix the destination")
             return
         except Exception as exc:  # a bug or a hostile answer must not lose the batch: record it against the item
             self.log.exception("Unexpected error while downloading %s", result.input)
-            result.fail(FAILED, "internal_error", f"{result.input}: upscaled (output {result.output_id}) but the download failed unexpectedly ({type(exc).__name__}); a retry downloads it again without paying")
-            self._progress.tick(ok=False)
+            self._download_failed(result, "internal_error", f"the download failed unexpectedly ({type(exc).__name__})")
             return
         result.path, result.width, result.height = path, width, height
         result.status = UPSCALED
@@ -380,6 +377,11 @@ class UpscaleBatch:
         if self.checkpoint is not None:
             self.checkpoint.mark(key, result.checkpoint_record())
         self._progress.tick(ok=True)
+
+    def _download_failed(self, result: ItemResult, code: str, what: str) -> None:
+        result.fail(FAILED, code, f"{result.input}: upscaled (output {result.output_id}) but {what}; a retry downloads it again without paying")
+        self.log.warning("%s", result.message)
+        self._progress.tick(ok=False)
 
     def _mark_not_started(self, pending: deque[str]) -> None:
         if not pending:
@@ -404,7 +406,7 @@ class UpscaleBatch:
         for future in done:
             if future in upscales:
                 key = upscales.pop(future)
-                self._on_upscaled(key, future, {}, _NO_POOL)
+                self._on_upscaled(key, future, {}, None)
                 result = self.results[key]
                 if result.status == NOT_STARTED and result.url and result.error is None:
                     result.fail(NOT_STARTED, "cancelled", f"{result.input}: upscaled (output {result.output_id}) but the task was stopped before the download; a retry or a new run with the same destination downloads it without paying")
@@ -416,18 +418,6 @@ class UpscaleBatch:
                 result.fail(NOT_STARTED, "cancelled", f"{result.input}: in flight when the task was stopped (it may have been charged; a retry reuses the result if it was recorded)")
         self._mark_not_started(pending)
         pending.clear()
-
-
-class _NoPool:
-    """Stands in for the download pool after a stop: nothing new is submitted."""
-
-    def submit(self, *args: Any, **kwargs: Any) -> Future:
-        future: Future = Future()
-        future.set_exception(CancelledError("the task was stopped before the download"))
-        return future
-
-
-_NO_POOL: Any = _NoPool()
 
 
 class _Progress:
