@@ -345,8 +345,8 @@ class UpscaleOperator(BaseOperator):
 
         failed = [r for r in report.results.values() if r.status == "failed"]
         messages = [b.message for b in plan.invalid] + [r.message or r.error or "" for r in failed]
-        total = max(len(plan.positions), 1)
-        failed_share = (len(plan.invalid) + sum(plan.positions.count(r.key) for r in failed)) / total
+        failed_positions = sum(1 for p in plan.positions if not isinstance(p, str) or report.results[p].status == "failed")
+        failed_share = failed_positions / max(len(plan.positions), 1)
         not_started = [r for r in report.results.values() if r.status == "not_started"]
         if report.stopped:
             raise AirflowException(f"Stopped with {len(not_started)} images not done; checkpoint saved, a retry resumes")
@@ -360,7 +360,7 @@ class UpscaleOperator(BaseOperator):
             shown = "\n  ".join(messages[:MAX_ERRORS_SHOWN])
             more = f"\n  ... and {len(messages) - MAX_ERRORS_SHOWN} more (see the manifest)" if len(messages) > MAX_ERRORS_SHOWN else ""
             raise AirflowException(
-                f"{len(messages)} of {len(plan.positions)} inputs failed ({failed_share:.1%} > max_failed_ratio="
+                f"{failed_positions} of {len(plan.positions)} inputs failed ({failed_share:.1%} > max_failed_ratio="
                 f"{self.max_failed_ratio:.1%}); the rest are done and a retry redoes only the failures:\n  {shown}{more}"
             )
 
