@@ -240,15 +240,9 @@ class UpscaleOperator(BaseOperator):
         return value
 
     def _previous_results(self, checkpoint: Any, destination: ObjectStoragePath | None) -> dict[str, dict]:
-        from airflow_provider_stablecog.utils.storage import read_manifest
+        from airflow_provider_stablecog.utils.storage import paid_records
 
-        previous: dict[str, dict] = {}
-        if destination is not None:
-            previous.update(
-                # any record with a result URL was paid for: upscaled, or answered but not downloaded
-                # (the task was stopped, or the download or the write failed) — download it, never pay again
-                {k: r for k, r in read_manifest(destination).items() if r.get("url")}
-            )
+        previous = paid_records(destination)
         previous.update({k: r for k, r in checkpoint.load().items() if r.get("url")})
         if previous:
             self.log.info("Resuming: %d images were already upscaled in an earlier try or run", len(previous))

@@ -145,20 +145,22 @@ def write_manifest(destination: ObjectStoragePath | str, records: Iterable[dict[
     return target
 
 
-def done_keys(destination: ObjectStoragePath | str | None, *, check_files: bool = True) -> set[str]:
-    """Keys of inputs the destination's manifest records as upscaled (and whose file still exists)."""
+def paid_records(destination: ObjectStoragePath | str | None) -> dict[str, dict[str, Any]]:
+    """Manifest records of inputs already paid for: every record with a result URL.
+
+    That is an upscaled input, or one answered but not downloaded (the task was stopped, the
+    download or the write failed, the file was removed since). A later run downloads those again
+    for free; it never pays for them twice. The operator resumes from these and the credits sensor
+    counts no credit for them.
+    """
     if destination is None:
-        return set()
-    dest = resolve_destination(destination)
-    done = set()
-    for key, record in read_manifest(dest).items():
-        if record.get("status") != "upscaled":
-            continue
-        name = record.get("path")
-        if check_files and name and not (dest / os.path.basename(str(name))).exists():
-            continue
-        done.add(key)
-    return done
+        return {}
+    return {key: r for key, r in read_manifest(destination).items() if r.get("url")}
+
+
+def done_keys(destination: ObjectStoragePath | str | None) -> set[str]:
+    """Keys of the inputs :func:`paid_records` lists: they need no credit."""
+    return set(paid_records(destination))
 
 
 def ensure_directory(path: ObjectStoragePath, on_error: Callable[[Exception], Exception]) -> None:

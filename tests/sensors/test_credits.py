@@ -173,19 +173,20 @@ def test_done_items_in_destination_need_no_credit(conn, requests_mock, tmp_path)
     write_manifest(
         tmp_path,
         [
-            {"input": done, "key": done, "status": "upscaled", "path": "done.jpg"},
-            {"input": missing_file, "key": missing_file, "status": "upscaled", "path": "gone.jpg"},
+            {"input": done, "key": done, "status": "upscaled", "url": "https://b.test/1.jpeg", "path": "done.jpg"},
+            {"input": missing_file, "key": missing_file, "status": "upscaled", "url": "https://b.test/2.jpeg", "path": "gone.jpg"},
             {"input": failed, "key": failed, "status": "failed", "error": "invalid_image_url"},
-            {"key": "https://img.example/not-in-batch.png", "status": "upscaled", "path": "done.jpg"},
+            {"key": "https://img.example/not-in-batch.png", "status": "upscaled", "url": "https://b.test/3.jpeg", "path": "done.jpg"},
         ],
     )
     batch = [done, missing_file, failed, "https://img.example/new.png"]
     sensor = make(inputs=batch, destination=str(tmp_path))
     requirement = sensor.requirement()
-    assert requirement.needed == 3  # only `done` is free: its record says upscaled and its file exists
-    assert "1 already upscaled" in requirement.detail
+    # `done` and `gone` were paid for (a result URL): the operator re-downloads a missing file for free
+    assert requirement.needed == 2
+    assert "2 already upscaled" in requirement.detail
     assert sensor.poke({}).is_done is False
-    requests_mock.get(CREDITS_URL, **balance(3))
+    requests_mock.get(CREDITS_URL, **balance(2))
     assert sensor.poke({}).is_done is True
 
 
@@ -193,7 +194,7 @@ def test_everything_done_needs_nothing(conn, requests_mock, tmp_path):
     requests_mock.get(CREDITS_URL, **balance(0))
     url = "https://img.example/a.png"
     (tmp_path / "a.jpg").write_bytes(b"x")
-    write_manifest(tmp_path, [{"input": url, "key": url, "status": "upscaled", "path": "a.jpg"}])
+    write_manifest(tmp_path, [{"input": url, "key": url, "status": "upscaled", "url": "https://b.test/a.jpeg", "path": "a.jpg"}])
     result = make(inputs=[url, url], destination=str(tmp_path)).poke({})
     assert (result.is_done, result.xcom_value) == (True, 0)
 
@@ -202,7 +203,7 @@ def test_empty_rendered_destination_means_none(conn, requests_mock, tmp_path, mo
     requests_mock.get(CREDITS_URL, **balance(0))
     url = "https://img.example/a.png"
     (tmp_path / "a.jpg").write_bytes(b"x")
-    write_manifest(tmp_path, [{"input": url, "key": url, "status": "upscaled", "path": "a.jpg"}])
+    write_manifest(tmp_path, [{"input": url, "key": url, "status": "upscaled", "url": "https://b.test/a.jpeg", "path": "a.jpg"}])
     monkeypatch.chdir(tmp_path)  # "" must not silently mean the working directory
     sensor = make(inputs=[url], destination="{{ params.destination }}")
     sensor.destination = ""
