@@ -7,7 +7,7 @@ Put it in front of a fan-out so a credit-aware pipeline never starts a batch it 
     wait >> UpscaleOperator(task_id="upscale", inputs=list_images.output, ...)
 
 The requirement is either a fixed ``min_credits`` or derived from ``inputs``: one credit per unique
-valid item, minus the items a ``destination``'s manifest already records as upscaled. ``reserve``
+valid item, minus the items a ``destination``'s manifest records as already paid for. ``reserve``
 is added on top. The sensor's XCom value is the remaining credits seen by the successful check.
 
 ``/v1/credits`` shares the per-IP rate budget with the upscales, so poll sparingly (the default
@@ -76,7 +76,7 @@ class StablecogCreditsSensor(BaseSensorOperator):
     :param inputs: the batch (templated; a list, one string, or an XComArg): needs one credit per
         unique valid item. Invalid items need none (they are never sent).
     :param destination: the destination of the upscale task (templated, only with ``inputs``);
-        items its ``manifest.jsonl`` records as upscaled need no credit.
+        items its ``manifest.jsonl`` records as paid for (with a result URL) need no credit.
     :param reserve: credits to keep on top of the requirement (templated int >= 0, default 0).
     :param deferrable: wait in the triggerer instead of a worker slot; the default comes from
         ``[operators] default_deferrable``.

@@ -125,21 +125,27 @@ def emu(monkeypatch):
         yield emulator
 
 
+def _execute_killed_when(op, context, predicate, what: str) -> None:
+    """Run ``op`` and call its ``on_kill`` from another thread once ``predicate`` holds."""
+
+    def kill():
+        _wait_for(predicate, what)
+        op.on_kill()
+
+    killer = threading.Thread(target=kill)
+    killer.start()
+    with pytest.raises(AirflowException, match="Stopped"):
+        op.execute(context)
+    killer.join()
+
+
 def test_on_kill_then_retry_and_new_run_with_the_same_destination(emu, tmp_path):
     images = [emu.sample_url(f"{20 + i}x22.png") for i in range(24)]
     dest = tmp_path / "dest"
     store = MemoryStateStore()
     op = UpscaleOperator(task_id="u", inputs=images, destination=str(dest), max_concurrency=3, progress_interval=0)
 
-    def kill_when_some_are_paid():
-        _wait_for(lambda: emu.ledger()["net_charged"] >= 5, "5 upscales were charged")
-        op.on_kill()
-
-    killer = threading.Thread(target=kill_when_some_are_paid)
-    killer.start()
-    with pytest.raises(AirflowException, match="Stopped"):
-        op.execute(make_context(store))
-    killer.join()
+    _execute_killed_when(op, make_context(store), lambda: emu.ledger()["net_charged"] >= 5, "5 upscales were charged")
     assert destination_problems(dest) == []
     paid_first = _paid_inputs(dest)
     assert 0 < len(paid_first) < len(images)
@@ -165,15 +171,8 @@ def test_answer_received_during_the_stop_is_reused_by_a_new_run(emu, tmp_path):
     emu.configure(latency=1.0)
     op = UpscaleOperator(task_id="u", inputs=images, destination=str(dest), max_concurrency=2, progress_interval=0)
 
-    def kill_while_in_flight():
-        _wait_for(lambda: emu.ledger()["in_flight"] >= 2, "2 upscales in flight")
-        op.on_kill()
-
-    killer = threading.Thread(target=kill_while_in_flight)
-    killer.start()
-    with pytest.raises(AirflowException, match="Stopped"):
-        op.execute(make_context())  # no state store shared with the next run
-    killer.join()
+    # no state store shared with the next run
+    _execute_killed_when(op, make_context(), lambda: emu.ledger()["in_flight"] >= 2, "2 upscales in flight")
     manifest = read_manifest(dest)
     answered = [r for r in manifest.values() if r.get("url")]
     assert answered and all(r["status"] == "not_started" and r["error"] == "cancelled" for r in answered)
