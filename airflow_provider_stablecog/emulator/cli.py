@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import json
+import logging
+import shlex
 import signal
 import socket
 import sys
@@ -138,7 +141,9 @@ def serve(config: EmulatorConfig, sock: socket.socket, host: str, log_level: str
         lifespan="on",
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
     )
-    server = _ready_server_class()(uv_config, lambda: _announce(url, config.api_key))
+    if access_log:  # uvicorn sets its access logger to log_level (warning by default): show requests
+        logging.getLogger("uvicorn.access").setLevel(logging.INFO)
+    server = _ready_server_class()(uv_config, lambda: _announce(url, config.api_key, config.plan_concurrency))
     _quiet_after_shutdown(server)
     try:
         server.run(sockets=[sock])
@@ -148,8 +153,30 @@ def serve(config: EmulatorConfig, sock: socket.socket, host: str, log_level: str
     return 0
 
 
-def _announce(url: str, api_key: str) -> None:
-    print(READY_TEMPLATE.format(url=url, api_key=api_key), flush=True)
+def connection_lines(url: str, api_key: str, plan_concurrency: int) -> list[str]:
+    """How to point Airflow's ``stablecog_default`` at this emulator: env var and CLI forms."""
+    extra = {"plan_concurrency": plan_concurrency} if plan_concurrency >= 1 else {}
+    conn: dict[str, object] = {"conn_type": "stablecog", "host": url, "password": api_key}
+    if extra:
+        conn["extra"] = extra
+    env = "AIRFLOW_CONN_STABLECOG_DEFAULT=" + shlex.quote(json.dumps(conn))
+    add = [
+        "airflow", "connections", "add", "stablecog_default", "--conn-type", "stablecog",
+        "--conn-host", url, "--conn-password", api_key,
+    ]
+    if extra:
+        add += ["--conn-extra", json.dumps(extra)]
+    return [
+        "Point Airflow at it with either:",
+        f"  export {env}",
+        "  " + shlex.join(add),
+    ]
+
+
+def _announce(url: str, api_key: str, plan_concurrency: int = 0) -> None:
+    print(READY_TEMPLATE.format(url=url, api_key=api_key), flush=True)  # stdout: one line, parsed
+    for line in connection_lines(url, api_key, plan_concurrency):  # stderr: for the person reading
+        print(line, file=sys.stderr, flush=True)
 
 
 def _quiet_after_shutdown(server: Any) -> None:
