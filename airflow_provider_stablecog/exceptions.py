@@ -10,24 +10,34 @@ What happens next is decided by class, never by message text::
     │   ├── StablecogAuthError          401 Unauthorized, 403 user_banned
     │   └── InsufficientCreditsError    400 insufficient_credits (never retried)
     ├── StablecogInputError             this one item is bad (invalid_image_url, output_not_found,
-    │                                   image_url_width_height_error, invalid_model_id, ...)
+    │   │                               image_url_width_height_error, invalid_model_id, ...)
+    │   └── ImageProbablyBrokenError    the worker failed twice on this input (image_probably_broken)
     ├── StablecogRetryableError         transient: retried with backoff, bounded
     │   ├── RateLimitError              429 (plain text) with Retry-After
     │   ├── QueueLimitError             400 queue_limit_reached
     │   ├── UpscaleTimeoutError         500 TIMEOUT (credit refunded by the server)
     │   ├── StablecogServerError        500 unknown worker failure, 502/503/504
-    │   └── StablecogConnectionError    connection refused/reset, read timeout, dropped answer
+    │   └── StablecogConnectionError    nothing was sent (connection refused, DNS, TLS), or a lost
+    │                                   answer of a route that charges nothing (GET, upload)
+    ├── StablecogResponseLostError      a charging request was sent and its answer lost (reset,
+    │   │                               read timeout, cut-off body): maybe charged; never resent
+    │   │                               by the client (response_lost)
+    │   └── ResponseAbandonedError      the client itself dropped it: cancel(abort=True) / close()
+    │                                   (also a CancelledError; code response_abandoned)
     ├── StablecogAPIError               any other answer we do not know (not retried)
     └── CancelledError                  the batch was stopped (on_kill, a fatal error elsewhere)
 
 :func:`error_from_response` is the one place that turns an HTTP answer into one of these; the
-sync client (requests) and the async trigger path (httpx) both call it.
+sync client (requests) and the async trigger path (httpx) both call it. :func:`lost_answer_error`
+is the one place that decides what a transport failure *after sending* is (the client's
+``classify_transport_error`` decides whether anything was sent).
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from typing import Any
 
 # What each server code means, in words a user can act on.
 CODE_EXPLANATIONS: dict[str, str] = {
@@ -78,6 +88,21 @@ CODE_EXPLANATIONS: dict[str, str] = {
     "unknown_error": "the upscale worker failed; the credit was refunded (this is retried)",
     "bad_gateway": "the Stablecog service or its proxy is unavailable (this is retried)",
     "connection_error": "the Stablecog API could not be reached or the answer was cut off",
+    "response_lost": (
+        "the request was sent and may have been charged, but its answer was lost (connection reset, "
+        "read timeout or a cut-off body); it is not resent automatically. The server carries on with "
+        "a job it accepted: an output-ID input shows as upscaled in the outputs listing; resending a "
+        "URL or upload input may charge it twice"
+    ),
+    "response_abandoned": (
+        "the client stopped waiting for a request it had sent (the batch was stopped); it may have "
+        "been charged and the server carries on with it"
+    ),
+    "image_probably_broken": (
+        "the Stablecog worker failed twice on this same input (each attempt was refunded), so the "
+        "image itself is probably broken (corrupt pixel data, an unusual encoding); re-encode it as a "
+        "plain JPEG or PNG and try again"
+    ),
 }
 
 INPUT_ERROR_CODES = frozenset(
@@ -170,6 +195,47 @@ class StablecogConnectionError(StablecogRetryableError):
     default_code = "connection_error"
 
 
+class ImageProbablyBrokenError(StablecogInputError):
+    """The worker failed on this same input twice in a row (500 unknown error, refunded each time).
+
+    Per item and not retried: a third attempt would fail and be refunded again. The message says
+    to re-encode the image. ``worker_failures`` counts the failures seen.
+    """
+
+    default_code = "image_probably_broken"
+
+    def __init__(self, message: str, *, worker_failures: int = 2, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.worker_failures = worker_failures
+
+
+class StablecogResponseLostError(StablecogError):
+    """A charging request was sent, and its answer was lost: it may have been charged.
+
+    Raised for ``POST /v1/image/upscale/create`` (any route that takes credits) when the connection
+    was reset or aborted after the request was sent, the read timeout passed, or the body was cut
+    off or unreadable. It is **not** a :class:`StablecogRetryableError`: the client never resends
+    it by itself, because the server carries on with a job it accepted and charges it. The caller
+    (the batch engine) records the item as possibly charged and decides: resending may charge twice
+    (URL and upload inputs), while an output-ID input shows up as upscaled in
+    ``GET /v1/image/generation/outputs`` once the server finishes it.
+
+    Retry policy by route: GET routes and uploads charge nothing, so their lost answers are plain
+    :class:`StablecogConnectionError` and retried; a connect failure (nothing sent) is always a
+    retryable :class:`StablecogConnectionError`.
+
+    ``possibly_charged`` is always True; ``method`` and ``path`` name the request.
+    """
+
+    default_code = "response_lost"
+    possibly_charged = True
+
+    def __init__(self, message: str, *, method: str = "", path: str = "", **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.method = method
+        self.path = path
+
+
 class StablecogAPIError(StablecogError):
     """An answer this provider does not know; not retried."""
 
@@ -177,9 +243,23 @@ class StablecogAPIError(StablecogError):
 
 
 class CancelledError(StablecogError):
-    """The batch was stopped before this request was sent; nothing was charged for it."""
+    """The batch was stopped before this request was sent; nothing was charged for it.
+
+    (Its subclass :class:`ResponseAbandonedError` is the exception: sent, then abandoned.)
+    """
 
     default_code = "cancelled"
+
+
+class ResponseAbandonedError(StablecogResponseLostError, CancelledError):
+    """The client was stopped with in-flight requests closed (``cancel(abort=True)``, ``close()``).
+
+    The request was sent, so it may have been charged, like :class:`StablecogResponseLostError`;
+    it is also a :class:`CancelledError`, so code that only knows "stopped" still treats it so.
+    """
+
+    default_code = "response_abandoned"
+
 
 
 def explain(code: str) -> str:
@@ -190,6 +270,28 @@ def explain(code: str) -> str:
 def is_retryable(exc: BaseException) -> bool:
     """The single retry predicate: by class only."""
     return isinstance(exc, StablecogRetryableError)
+
+
+def is_worker_failure(exc: BaseException) -> bool:
+    """A 500 from the worker (``An unknown error has occured``), refunded: the input may be broken."""
+    return isinstance(exc, StablecogServerError) and exc.status_code == 500 and exc.code == "unknown_error"
+
+
+def lost_answer_error(context: str, method: str, path: str, why: str) -> StablecogResponseLostError:
+    """The error for a charging request whose answer was lost after sending (``why``: what happened)."""
+    prefix = f"{context}: " if context else ""
+    return StablecogResponseLostError(
+        f"{prefix}response_lost ({why}): {explain('response_lost')}", method=method, path=path
+    )
+
+
+def image_probably_broken(context: str, failures: int) -> ImageProbablyBrokenError:
+    prefix = f"{context}: " if context else ""
+    return ImageProbablyBrokenError(
+        f"{prefix}image_probably_broken (HTTP 500 {failures} times): {explain('image_probably_broken')}",
+        worker_failures=failures,
+        status_code=500,
+    )
 
 
 def _parse_retry_after(headers: Mapping[str, str]) -> float | None:

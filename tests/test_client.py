@@ -4,12 +4,22 @@ import io
 import json
 import logging
 import threading
+import time
 
 import pytest
 import requests
+from urllib3.exceptions import MaxRetryError, NewConnectionError, ProtocolError
 
 from airflow_provider_stablecog import exceptions as exc
-from airflow_provider_stablecog.client import RateLimiter, RetryPolicy, StablecogClient
+from airflow_provider_stablecog.client import (
+    DEFAULT_READ_TIMEOUT,
+    SERVER_LONGEST_HOLD,
+    RateLimiter,
+    RetryPolicy,
+    StablecogClient,
+    read_timeout_warning,
+    request_was_sent,
+)
 from tests.conftest import API_KEY, BASE_URL
 
 OUTPUT_ID = "6f1c2a52-0c61-4c5e-9a10-1d6cf0a8b0f1"
@@ -26,6 +36,9 @@ UPSCALE_OK = {
     "settings": {"model_id": MODEL_ID, "input": "https://img.test/cat.png"},
 }
 PNG = b"\x89PNG\r\n\x1a\n" + b"\0" * 32
+CONNECT_REFUSED = requests.exceptions.ConnectionError(
+    MaxRetryError(None, "/v1", NewConnectionError(None, "Failed to establish a new connection: refused"))
+)
 
 
 def _auth(req) -> str:
@@ -171,20 +184,29 @@ def test_non_retryable_errors_are_sent_once(client, requests_mock, status, body,
     assert "https://img.test/a.png" in str(info.value)
 
 
-def test_429_is_retried_after_retry_after(client, requests_mock, monkeypatch):
-    sleeps = []
-    monkeypatch.setattr(client, "_sleep", sleeps.append)
+def test_429_is_retried_after_retry_after_without_spending_an_attempt(requests_mock):
+    policy = RetryPolicy(max_attempts=1, rate_limit_jitter=0)
     m = requests_mock.post(
         f"{BASE_URL}/v1/image/upscale/create",
-        [
-            {"status_code": 429, "text": "Too Many Requests", "headers": {"Retry-After": "2"}},
-            {"json": UPSCALE_OK},
-        ],
+        [{"status_code": 429, "text": "Too Many Requests", "headers": {"Retry-After": "0.3"}}] * 3 + [{"json": UPSCALE_OK}],
     )
-    client.rate_limiter = RateLimiter(None)
-    assert client.upscale("https://img.test/a.png").output_id == OUTPUT_ID
-    assert m.call_count == 2
-    assert sleeps == [2.0]
+    with StablecogClient(API_KEY, BASE_URL, rate_limit=None, retry=policy) as c:
+        start = time.monotonic()
+        assert c.upscale("https://img.test/a.png").output_id == OUTPUT_ID
+        elapsed = time.monotonic() - start
+    assert m.call_count == 4  # three 429s and the answer, with max_attempts=1
+    assert elapsed >= 0.9  # Retry-After honoured each time
+    assert c.rate_limiter.rate_limited == 3
+
+
+def test_429s_are_bounded_by_the_rate_limit_budget(requests_mock):
+    policy = RetryPolicy(max_attempts=10, rate_limit_budget=0.3, rate_limit_jitter=0)
+    m = requests_mock.post(
+        f"{BASE_URL}/v1/image/upscale/create", status_code=429, text="Too Many Requests", headers={"Retry-After": "0.1"}
+    )
+    with StablecogClient(API_KEY, BASE_URL, rate_limit=None, retry=policy) as c, pytest.raises(exc.RateLimitError, match="rate_limit_budget"):
+        c.upscale("https://img.test/a.png")
+    assert 3 <= m.call_count <= 6
 
 
 @pytest.mark.parametrize(
@@ -192,19 +214,99 @@ def test_429_is_retried_after_retry_after(client, requests_mock, monkeypatch):
     [
         {"status_code": 400, "json": {"error": "queue_limit_reached"}},
         {"status_code": 500, "json": {"error": "TIMEOUT"}},
-        {"status_code": 500, "json": {"error": "An unknown error has occured"}},
         {"status_code": 502, "text": "<html>Bad Gateway</html>"},
         {"status_code": 503, "text": "<html>Unavailable</html>"},
-        {"exc": requests.exceptions.ConnectionError("reset")},
-        {"exc": requests.exceptions.ReadTimeout("slow")},
-        {"exc": requests.exceptions.ChunkedEncodingError("cut")},
+        {"exc": CONNECT_REFUSED},
+        {"exc": requests.exceptions.ConnectTimeout("slow to connect")},
     ],
-    ids=["queue_limit", "TIMEOUT", "worker_failure", "502", "503", "conn_reset", "read_timeout", "dropped"],
+    ids=["queue_limit", "TIMEOUT", "502", "503", "connect_refused", "connect_timeout"],
 )
 def test_transient_errors_are_retried(client, requests_mock, failure):
     m = requests_mock.post(f"{BASE_URL}/v1/image/upscale/create", [failure, failure, {"json": UPSCALE_OK}])
     assert client.upscale("https://img.test/a.png").output_id == OUTPUT_ID
     assert m.call_count == 3
+
+
+LOST = [
+    {"exc": requests.exceptions.ConnectionError(ProtocolError("Connection aborted.", ConnectionResetError(104, "reset")))},
+    {"exc": requests.exceptions.ConnectionError("reset")},
+    {"exc": requests.exceptions.ReadTimeout("slow")},
+    {"exc": requests.exceptions.ChunkedEncodingError("cut")},
+    {"status_code": 200, "text": '{"outputs": [{"id"'},
+]
+LOST_IDS = ["conn_reset", "unknown_conn_error", "read_timeout", "cut_off", "truncated_200"]
+
+
+@pytest.mark.parametrize("failure", LOST, ids=LOST_IDS)
+def test_lost_answer_of_an_upscale_is_never_resent(client, requests_mock, failure, caplog):
+    m = requests_mock.post(f"{BASE_URL}/v1/image/upscale/create", [failure, {"json": UPSCALE_OK}])
+    with pytest.raises(exc.StablecogResponseLostError) as info:
+        client.upscale("https://img.test/a.png")
+    assert m.call_count == 1
+    error = info.value
+    assert error.code == "response_lost" and error.possibly_charged
+    assert (error.method, error.path) == ("POST", "/v1/image/upscale/create")
+    assert not exc.is_retryable(error) and not isinstance(error, exc.StablecogConnectionError)
+    assert "may have been charged" in str(error)
+    assert "check the base URL" not in str(error)
+
+
+@pytest.mark.parametrize("failure", LOST[:4], ids=LOST_IDS[:4])
+def test_lost_answer_of_a_read_is_retried(client, requests_mock, failure):
+    ok = {"json": {"total_remaining_credits": 5, "credits": []}}
+    m = requests_mock.get(f"{BASE_URL}/v1/credits", [failure, ok])
+    assert client.get_credits().total_remaining_credits == 5
+    assert m.call_count == 2
+
+
+def test_connect_error_says_check_the_base_url(client, requests_mock):
+    requests_mock.post(f"{BASE_URL}/v1/image/upscale/create", exc=CONNECT_REFUSED)
+    with pytest.raises(exc.StablecogConnectionError, match="could not connect; check the base URL") as info:
+        client.upscale("https://img.test/a.png")
+    assert not isinstance(info.value, exc.StablecogResponseLostError)
+
+
+def test_request_was_sent_classification():
+    assert not request_was_sent(CONNECT_REFUSED)
+    assert not request_was_sent(requests.exceptions.ConnectTimeout())
+    assert request_was_sent(requests.exceptions.ReadTimeout())
+    assert request_was_sent(requests.exceptions.ChunkedEncodingError())
+    assert request_was_sent(requests.exceptions.ConnectionError(ProtocolError("Connection aborted.")))
+
+
+def test_worker_failing_twice_on_one_input_is_a_broken_image(client, requests_mock):
+    failure = {"status_code": 500, "json": {"error": "An unknown error has occured"}}
+    m = requests_mock.post(f"{BASE_URL}/v1/image/upscale/create", [failure] * 5 + [{"json": UPSCALE_OK}])
+    with pytest.raises(exc.ImageProbablyBrokenError) as info:
+        client.upscale("https://img.test/a.png")
+    assert m.call_count == 2
+    assert info.value.code == "image_probably_broken" and isinstance(info.value, exc.StablecogInputError)
+    assert not exc.is_retryable(info.value) and "re-encode" in str(info.value)
+
+
+def test_one_worker_failure_is_retried(client, requests_mock):
+    failure = {"status_code": 500, "json": {"error": "An unknown error has occured"}}
+    m = requests_mock.post(f"{BASE_URL}/v1/image/upscale/create", [failure, {"json": UPSCALE_OK}])
+    assert client.upscale("https://img.test/a.png").output_id == OUTPUT_ID
+    assert m.call_count == 2
+
+
+def test_read_timeout_rule():
+    assert read_timeout_warning(DEFAULT_READ_TIMEOUT) is None
+    assert DEFAULT_READ_TIMEOUT > SERVER_LONGEST_HOLD
+    message = read_timeout_warning(300)
+    assert message and "480" in message and "240 s" in message
+
+
+def test_short_read_timeout_is_warned_once(requests_mock, caplog):
+    caplog.set_level(logging.WARNING)
+    requests_mock.post(f"{BASE_URL}/v1/image/upscale/create", json=UPSCALE_OK)
+    with StablecogClient(API_KEY, BASE_URL, read_timeout=123.5, rate_limit=None) as c:
+        c.upscale("https://img.test/a.png")
+        c.upscale("https://img.test/b.png")
+    with StablecogClient(API_KEY, BASE_URL, read_timeout=123.5, rate_limit=None) as c:
+        c.upscale("https://img.test/a.png")
+    assert caplog.text.count("read timeout 123.5 s is shorter") == 1
 
 
 def test_retries_are_bounded_by_count(client, requests_mock):
@@ -281,7 +383,7 @@ def test_key_never_in_logs_or_exception_text(client, requests_mock, caplog, caps
     caplog.set_level(logging.DEBUG)
     requests_mock.post(
         f"{BASE_URL}/v1/image/upscale/create",
-        [{"exc": requests.exceptions.ConnectionError(f"boom Authorization: Bearer {API_KEY}")}] * 10,
+        [{"exc": requests.exceptions.ConnectionError(MaxRetryError(None, "/", NewConnectionError(None, f"boom Authorization: Bearer {API_KEY}")))}] * 10,
     )
     with pytest.raises(exc.StablecogConnectionError) as info:
         client.upscale("https://user:hunter2@img.test/a.png?X-Amz-Signature=secretsig")
