@@ -1,0 +1,121 @@
+"""One place for what differs between the Airflow lines this provider supports (3.1, 3.2, 3.3).
+
+Modelled on the official providers' ``version_compat.py`` and on
+``apache-airflow-providers-common-compat``'s ``sdk.py`` (without depending on it): version flags,
+plus every Airflow name whose home moved between 3.1 and 3.3, imported from its newest home first::
+
+    from airflow_provider_stablecog.compat import AirflowFailException, conf, task_state_store
+
+=====================================  ====================================  ==========================
+name                                   Airflow 3.2 and 3.3                   Airflow 3.1
+=====================================  ====================================  ==========================
+``conf``                               ``airflow.sdk.conf``                  ``airflow.configuration``
+``AirflowException`` & co. (below)     ``airflow.sdk.exceptions``            ``airflow.exceptions``
+``context["task_state_store"]``        3.3 only                              —
+=====================================  ====================================  ==========================
+
+Names are resolved lazily (PEP 562 ``__getattr__``), so importing this module costs nothing more
+than the version check; ``conf`` and the exceptions are imported on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+__all__ = [
+    "AIRFLOW_V_3_1_PLUS",
+    "AIRFLOW_V_3_2_PLUS",
+    "AIRFLOW_V_3_3_PLUS",
+    "AirflowException",
+    "AirflowFailException",
+    "AirflowSensorTimeout",
+    "AirflowSkipException",
+    "AirflowTaskTimeout",
+    "conf",
+    "get_base_airflow_version_tuple",
+    "task_state_store",
+]
+
+
+def get_base_airflow_version_tuple() -> tuple[int, int, int]:
+    """The running Airflow's ``(major, minor, micro)``, pre-release and local parts dropped."""
+    from packaging.version import Version
+
+    from airflow import __version__
+
+    version = Version(__version__)
+    return version.major, version.minor, version.micro
+
+
+AIRFLOW_V_3_1_PLUS: bool = get_base_airflow_version_tuple() >= (3, 1, 0)
+AIRFLOW_V_3_2_PLUS: bool = get_base_airflow_version_tuple() >= (3, 2, 0)
+AIRFLOW_V_3_3_PLUS: bool = get_base_airflow_version_tuple() >= (3, 3, 0)
+
+# name -> modules to try, newest home first. Airflow 3.1's task SDK has no ``conf`` and its
+# ``airflow.sdk.exceptions`` has only AirflowException; 3.2 moved the rest there (the old names in
+# ``airflow.exceptions`` still work but warn).
+_IMPORT_MAP: dict[str, tuple[str, ...]] = {
+    "conf": ("airflow.sdk", "airflow.configuration"),
+    "AirflowException": ("airflow.sdk.exceptions", "airflow.exceptions"),
+    "AirflowFailException": ("airflow.sdk.exceptions", "airflow.exceptions"),
+    "AirflowSensorTimeout": ("airflow.sdk.exceptions", "airflow.exceptions"),
+    "AirflowSkipException": ("airflow.sdk.exceptions", "airflow.exceptions"),
+    "AirflowTaskTimeout": ("airflow.sdk.exceptions", "airflow.exceptions"),
+}
+
+if TYPE_CHECKING:  # type checkers see the newest homes (the development line, 3.3)
+    from airflow.sdk import conf as conf
+    from airflow.sdk.exceptions import (
+        AirflowException as AirflowException,
+        AirflowFailException as AirflowFailException,
+        AirflowSensorTimeout as AirflowSensorTimeout,
+        AirflowSkipException as AirflowSkipException,
+        AirflowTaskTimeout as AirflowTaskTimeout,
+    )
+
+
+def __getattr__(name: str) -> Any:
+    modules = _IMPORT_MAP.get(name)
+    if modules is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    for module_name in modules:
+        try:
+            value = getattr(importlib.import_module(module_name), name)
+        except (ImportError, AttributeError):
+            continue
+        globals()[name] = value  # resolved once per process
+        return value
+    raise ImportError(f"cannot import {name!r} from any of {', '.join(modules)} (Airflow too old?)")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
+
+NO_STATE_STORE_MESSAGE = (
+    "%s: a retried try resumes only from what is recorded at the destination (manifest.jsonl), so "
+    "nothing recorded there is paid for twice; without a destination, images that a failed try had "
+    "already paid for are upscaled (and paid for) again"
+)
+
+
+def task_state_store(context: Mapping[str, Any], log: logging.Logger | Any) -> Any | None:
+    """The task instance's state store (``context["task_state_store"]``, Airflow 3.3+), or ``None``.
+
+    Where it is missing (Airflow 3.1 and 3.2) this says so in one log line, with what that means
+    for resuming, and returns ``None``: the caller then checkpoints to the destination only.
+    """
+    store = context.get("task_state_store")
+    if store is not None:
+        return store
+    if AIRFLOW_V_3_3_PLUS:
+        lacking = "This task's context has no task state store"
+    else:
+        from airflow import __version__
+
+        lacking = f"Airflow {__version__} has no task state store (it came in Airflow 3.3)"
+    log.warning(NO_STATE_STORE_MESSAGE, lacking)
+    return None
