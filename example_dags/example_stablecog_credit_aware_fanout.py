@@ -1,25 +1,54 @@
-"""Credit-aware fan-out: size the credits check to the whole list, then upscale it in mapped chunks.
+"""# Credit-aware fan-out
 
-What it shows
-    build a large work list → split it into chunks → **one** credits sensor sized to the whole
-    list (one credit per unique image not already in the destination, plus a reserve) *before*
-    the fan-out, so the pipeline never starts a batch it cannot finish →
-    ``UpscaleOperator.partial(...).expand(inputs=chunks)``, one mapped task per chunk, capped by
-    the ``stablecog`` pool so all chunks together stay within the plan's concurrency →
-    a collect step that reports the totals.
+Size the credits check to the whole list, then upscale it in mapped chunks.
 
-Connection and pool
-    ``stablecog_default`` (type ``stablecog``), and a pool sized to your plan:
-    ``airflow pools set stablecog 2 "Stablecog plan concurrency"`` (each chunk uses one slot and
-    runs ``max_concurrency`` upscales). The default work list points at the local emulator's
-    sample images on its default port (``stablecog-emulator --port 8765``).
+## What it shows
 
-Params
-    ``images``: the work list (default: 40 emulator sample images); ``chunk_size``;
-    ``destination``; ``reserve``: credits to keep after the batch.
+Build a large work list → split it into chunks → **one** credits sensor sized to the whole list (one
+credit per unique image not already in the destination, plus a reserve) *before* the fan-out, so the
+pipeline never starts a batch it cannot finish → `UpscaleOperator.partial(...).expand(inputs=chunks)`,
+one mapped task per chunk, capped by the `stablecog` pool so all chunks together stay within the
+plan's concurrency → a collect step that reports the totals.
+
+## Connection and pool
+
+The connection is `stablecog_default` (type `stablecog`). The pool must exist **before the first
+run**, sized to your plan's concurrency + 1 (the server runs one more upscale than the plan and holds
+the rest):
+
+```bash
+airflow pools set stablecog 5 "Stablecog plan"     # pro plan: 4 + 1
+```
+
+Each chunk runs up to `max_concurrency` upscales at once and claims **`pool_slots` equal to its
+`max_concurrency`** (2 here), so the pool bounds the upscales of all chunks together: with 5 slots,
+two chunks (4 upscales) run at a time and the others wait in the pool. Without the pool, Airflow
+leaves the chunks *scheduled* forever; the `check_pool` task notices (no chunk started within
+`pool_check_timeout` seconds) and fails with the command above. Create the pool and the waiting
+chunks start at once.
+
+## Environment variables (read when the file is parsed)
+
+| variable | default | meaning |
+|---|---|---|
+| `STABLECOG_POOL` | `stablecog` | the pool the chunks use |
+| `STABLECOG_EXAMPLE_SAMPLES_URL` | `http://127.0.0.1:8765` | the emulator whose sample images make the default work list |
+
+## Params
+
+- `images`: the work list (default: 40 sample images of the emulator);
+- `chunk_size`: images per mapped task;
+- `destination`: where images and the manifest go (local path or `s3://...`);
+- `reserve`: credits to keep after the batch;
+- `pool_check_timeout`: seconds the chunks may wait for the pool before `check_pool` fails.
+
+Each chunk has `retries=2`: a killed or failed chunk resumes from its checkpoint without paying twice.
 """
 
 from __future__ import annotations
+
+import os
+from datetime import timedelta
 
 import pendulum
 from airflow.sdk import DAG, Param, task
@@ -27,7 +56,11 @@ from airflow.sdk import DAG, Param, task
 from airflow_provider_stablecog.operators.upscale import UpscaleOperator
 from airflow_provider_stablecog.sensors.credits import StablecogCreditsSensor
 
-DEFAULT_IMAGES = [f"http://127.0.0.1:8765/samples/{96 + 8 * (i % 8)}x{96 + 8 * (i // 8)}.png" for i in range(40)]
+POOL = os.environ.get("STABLECOG_POOL", "stablecog")
+SAMPLES_URL = os.environ.get("STABLECOG_EXAMPLE_SAMPLES_URL", "http://127.0.0.1:8765").rstrip("/")
+CHUNK_CONCURRENCY = 2  # upscales in flight per chunk = the pool slots each chunk claims
+DEFAULT_IMAGES = [f"{SAMPLES_URL}/samples/{96 + 8 * (i % 8)}x{96 + 8 * (i // 8)}.png" for i in range(40)]
+POOL_HELP = f'airflow pools set {POOL} 5 "Stablecog plan"'
 
 with DAG(
     dag_id="example_stablecog_credit_aware_fanout",
@@ -37,10 +70,18 @@ with DAG(
     catchup=False,
     tags=["stablecog", "example", "fan-out"],
     params={
-        "images": Param(DEFAULT_IMAGES, type="array"),
-        "chunk_size": Param(10, type="integer", minimum=1),
-        "destination": Param("/tmp/stablecog-example/fanout", type="string"),
-        "reserve": Param(0, type="integer", minimum=0),
+        "images": Param(DEFAULT_IMAGES, type="array", description="Image URLs, IDs or paths to upscale."),
+        "chunk_size": Param(10, type="integer", minimum=1, description="Images per mapped upscale task."),
+        "destination": Param(
+            "/tmp/stablecog-example/fanout", type="string", description="Where images and manifest.jsonl go."
+        ),
+        "reserve": Param(0, type="integer", minimum=0, description="Credits to keep after the batch."),
+        "pool_check_timeout": Param(
+            300,
+            type="integer",
+            minimum=5,
+            description=f"Seconds the chunks may wait for a slot of the '{POOL}' pool before check_pool fails.",
+        ),
     },
     doc_md=__doc__,
 ) as dag:
@@ -72,10 +113,39 @@ with DAG(
     upscale_chunks = UpscaleOperator.partial(
         task_id="upscale_chunk",
         destination="{{ params.destination }}",
-        max_concurrency=2,
-        pool="stablecog",
+        max_concurrency=CHUNK_CONCURRENCY,
+        pool=POOL,
+        pool_slots=CHUNK_CONCURRENCY,  # a pool of plan + 1 slots bounds all chunks together
+        retries=2,
+        retry_delay=timedelta(seconds=10),
         map_index_template="{{ stablecog_batch_label }}",
     ).expand(inputs=chunks)
+
+    @task.sensor(mode="reschedule", poke_interval=5, timeout=24 * 60 * 60)
+    def check_pool(params: dict | None = None, ti=None, run_id: str | None = None, **context) -> bool:
+        """Fail with the fix when no chunk leaves *scheduled* in time (the pool is missing or too small).
+
+        A reschedule-mode sensor: it holds no worker slot between pokes, and done as soon as a chunk runs.
+        """
+        import pendulum
+        from airflow.sdk.exceptions import AirflowFailException
+
+        started_states = ["queued", "running", "success", "failed", "up_for_retry", "up_for_reschedule", "deferred"]
+        started = ti.get_ti_count(dag_id=ti.dag_id, task_ids=["upscale_chunk"], run_ids=[run_id], states=started_states)
+        if started:
+            print(f"Chunks are running in pool '{POOL}'")
+            return True
+        timeout = int(params["pool_check_timeout"])
+        first_poke = ti.get_first_reschedule_date(context | {"ti": ti}) or ti.start_date or pendulum.now("UTC")
+        waited = (pendulum.now("UTC") - first_poke).total_seconds()
+        if waited > timeout:
+            raise AirflowFailException(
+                f"No upscale_chunk started within {timeout} s: they wait for the pool '{POOL}', which "
+                f"does not exist or has fewer than {CHUNK_CONCURRENCY} slots. Create it with: {POOL_HELP} "
+                "(size it to your plan's concurrency + 1); the waiting chunks then start."
+            )
+        print(f"No chunk started yet after {waited:.0f} s (waiting for a slot in pool '{POOL}')")
+        return False
 
     @task
     def collect(chunk_results: list[list[dict]]) -> dict:
@@ -88,5 +158,5 @@ with DAG(
         print(f"Fan-out totals: {summary}")
         return summary
 
-    enough_credits >> upscale_chunks
+    enough_credits >> [upscale_chunks, check_pool()]
     collect(upscale_chunks.output)

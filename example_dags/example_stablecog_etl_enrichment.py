@@ -1,27 +1,36 @@
-"""ETL image enrichment: load a product catalogue back enriched with upscaled images.
+"""# ETL image enrichment
 
-What it shows
-    **extract** product records (id, name, image URL) from a JSON catalogue → **transform**:
-    upscale every product image 4× with ``UpscaleOperator`` (duplicate images are paid once) →
-    **load** the records back, each enriched with ``upscaled_path``, ``upscaled_url``,
-    ``upscaled_width`` and ``upscaled_height`` (read from the destination's manifest), as JSON
-    Lines ready for a warehouse load. Products whose image failed keep their record with
-    ``upscale_error`` set, so nothing is dropped silently.
+Load a product catalogue back enriched with upscaled images.
 
-Connection
-    ``stablecog_default`` (type ``stablecog``). The bundled catalogue
-    (``example_dags/data/catalogue.json``) points at sample images of the local emulator on its
-    default port: run ``stablecog-emulator --port 8765`` and set the connection it prints.
+## What it shows
 
-Params
-    ``catalogue``: path of the JSON catalogue (a list of ``{"sku", "name", "image_url"}``);
-    ``destination``: where upscaled images and the manifest go;
-    ``output``: where the enriched records are written (JSON Lines).
+**Extract** product records (id, name, image URL) from a JSON catalogue → **transform**: upscale
+every product image 4× with `UpscaleOperator` (duplicate images are paid once) → **load** the
+records back, each enriched with `upscaled_path`, `upscaled_url`, `upscaled_width` and
+`upscaled_height` (read from the destination's manifest), as JSON Lines ready for a warehouse load.
+Products whose image failed keep their record with `upscale_error` set, so nothing is dropped
+silently. The upscale task has `retries=2` and resumes without paying twice.
+
+## Connection
+
+`stablecog_default` (type `stablecog`). The bundled catalogue (`example_dags/data/catalogue.json`)
+points at sample images of the local emulator at `http://127.0.0.1:8765`: run
+`stablecog-emulator --port 8765` and set the connection it prints. An emulator on another address:
+set `STABLECOG_EXAMPLE_SAMPLES_URL` (read when the file is parsed) or the `samples_url` param, and
+the catalogue's emulator URLs are rewritten to it.
+
+## Params
+
+- `catalogue`: path of the JSON catalogue (a list of `{"sku", "name", "image_url"}`);
+- `samples_url`: base URL that replaces `http://127.0.0.1:8765` in the catalogue's image URLs;
+- `destination`: where upscaled images and the manifest go;
+- `output`: where the enriched records are written (JSON Lines).
 """
 
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 
 import pendulum
 from airflow.sdk import DAG, Param, task
@@ -29,6 +38,8 @@ from airflow.sdk import DAG, Param, task
 from airflow_provider_stablecog.operators.upscale import UpscaleOperator
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+CATALOGUE_SAMPLES_URL = "http://127.0.0.1:8765"  # what the bundled catalogue's image URLs start with
+SAMPLES_URL = os.environ.get("STABLECOG_EXAMPLE_SAMPLES_URL", CATALOGUE_SAMPLES_URL).rstrip("/")
 
 with DAG(
     dag_id="example_stablecog_etl_enrichment",
@@ -38,9 +49,27 @@ with DAG(
     catchup=False,
     tags=["stablecog", "example", "etl"],
     params={
-        "catalogue": Param(os.path.join(HERE, "data", "catalogue.json"), type="string"),
-        "destination": Param("/tmp/stablecog-example/catalogue-images", type="string"),
-        "output": Param("/tmp/stablecog-example/catalogue-enriched.jsonl", type="string"),
+        "catalogue": Param(
+            os.path.join(HERE, "data", "catalogue.json"),
+            type="string",
+            description='JSON file: a list of {"sku", "name", "image_url"} records.',
+        ),
+        "samples_url": Param(
+            SAMPLES_URL,
+            type="string",
+            description=f"Replaces {CATALOGUE_SAMPLES_URL} in the catalogue's image URLs (an emulator elsewhere). "
+            "Default from STABLECOG_EXAMPLE_SAMPLES_URL.",
+        ),
+        "destination": Param(
+            "/tmp/stablecog-example/catalogue-images",
+            type="string",
+            description="Where upscaled images and manifest.jsonl go (local path or s3://...).",
+        ),
+        "output": Param(
+            "/tmp/stablecog-example/catalogue-enriched.jsonl",
+            type="string",
+            description="Where the enriched records are written (JSON Lines).",
+        ),
     },
     doc_md=__doc__,
 ) as dag:
@@ -51,6 +80,11 @@ with DAG(
 
         with open(params["catalogue"], encoding="utf-8") as fh:
             records = json.load(fh)
+        samples_url = str(params.get("samples_url") or CATALOGUE_SAMPLES_URL).rstrip("/")
+        for record in records:
+            url = record.get("image_url")
+            if isinstance(url, str) and url.startswith(CATALOGUE_SAMPLES_URL + "/"):
+                record["image_url"] = samples_url + url[len(CATALOGUE_SAMPLES_URL) :]
         missing = [r.get("sku", i) for i, r in enumerate(records) if not r.get("image_url")]
         if missing:
             print(f"{len(missing)} products have no image_url and are loaded unchanged: {missing[:5]}")
@@ -67,6 +101,8 @@ with DAG(
         inputs=image_urls(products),
         destination="{{ params.destination }}",
         max_failed_ratio=0.25,  # a dead product image must not stop the load
+        retries=2,  # a retry resumes from the checkpoint: paid images are not paid again
+        retry_delay=timedelta(seconds=10),
     )
 
     @task
