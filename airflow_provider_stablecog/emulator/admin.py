@@ -6,6 +6,7 @@ No API key is needed; by default only loopback clients may use it.
 from __future__ import annotations
 
 import json
+import random
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
@@ -131,12 +132,14 @@ async def get_config(state: AdminState) -> dict[str, Any]:
 
 @router.patch("/config")
 async def patch_config(request: Request, state: AdminState) -> dict[str, Any]:
-    """Change latency, rate_limit, faults, fault_seed, slow_seconds, server_timeout, queue_limit."""
+    """Change any of ``RUNTIME_SETTINGS`` (latency, latency_jitter, the rate limits, faults, ...)."""
     body = await _json_body(request)
     try:
         state.config.update(body)
     except (ValueError, TypeError) as exc:
         raise ApiError(400, str(exc)) from exc
+    if "fault_seed" in body:
+        state.jitter_rng = random.Random(state.config.fault_seed)
     return state.config.public_dict()
 
 

@@ -138,8 +138,9 @@ async def generation_outputs(request: Request) -> dict[str, Any]:
     state = get_state(request)
     account = authenticate(request, state)
     per_page, cursor, upscaled = _page_params(request)
-    outputs = [o for o in state.outputs_of(account) if _upscale_filter(o, upscaled)]
-    total = len(outputs)
+    # As on the server: ``upscaled`` is validated and counted in ``total`` but not applied to the page.
+    outputs = state.outputs_of(account)
+    total = sum(1 for o in outputs if _upscale_filter(o, upscaled))
     if cursor is not None:
         outputs = [o for o in outputs if iso(o.created_at) < cursor]
     page = outputs[:per_page]

@@ -37,15 +37,39 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add("--latency", type=float, default=defaults.latency, help="seconds per upscale (default %(default)s)")
     add(
+        "--latency-jitter",
+        type=float,
+        default=defaults.latency_jitter,
+        help="extra random 0..N s per upscale answer (seeded by --fault-seed), so answers arrive out of "
+        "charge order (default %(default)s)",
+    )
+    add(
         "--rate-limit",
         type=float,
         default=defaults.rate_limit,
-        help="create requests per second per IP, reads get twice that; 0 disables (default %(default)s)",
+        help="create requests per second per IP; 0 disables every limit (default %(default)s)",
+    )
+    add(
+        "--read-rate-limit",
+        type=float,
+        default=None,
+        help="GET requests per second per IP, on the create counter (default: twice --rate-limit)",
+    )
+    add(
+        "--upload-rate-limit",
+        type=float,
+        default=None,
+        help="uploads per second per IP, own window (default: 0.4 x --rate-limit, i.e. 4 for 10)",
     )
     add("--queue-limit", type=int, default=defaults.queue_limit, help="max waiting requests per account")
     add("--server-timeout", type=float, default=defaults.server_timeout, help="seconds before 500 TIMEOUT")
     add("--fault-seed", type=int, default=defaults.fault_seed, help="seed of the fault draws")
-    add("--faults", default="", help="e.g. timeout=0.05,worker_failure=0.05,bad_gateway=0.02")
+    add(
+        "--faults",
+        default="",
+        help="e.g. timeout=0.05,worker_failure=0.05,bad_gateway=0.02,reset_after_charge=0.2 "
+        "(also spurious_429, slow, drop_after_charge)",
+    )
     add("--slow-seconds", type=float, default=defaults.slow_seconds, help="answer delay of the 'slow' fault")
     add("--data-dir", default=None, help="where output images are stored (default: a temp dir)")
     add("--seed-outputs", type=int, default=defaults.seed_outputs, help="generation outputs per account")
@@ -62,7 +86,10 @@ def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
         credits=args.credits,
         plan_concurrency=args.plan_concurrency,
         latency=args.latency,
+        latency_jitter=args.latency_jitter,
         rate_limit=args.rate_limit,
+        read_rate_limit=args.read_rate_limit,
+        upload_rate_limit=args.upload_rate_limit,
         queue_limit=args.queue_limit,
         server_timeout=args.server_timeout,
         faults=parse_faults(args.faults),
@@ -131,11 +158,12 @@ def serve(config: EmulatorConfig, sock: socket.socket, host: str, log_level: str
     import uvicorn
 
     from airflow_provider_stablecog.emulator.app import create_app
+    from airflow_provider_stablecog.emulator.responses import TransportExposingApp
 
     app = create_app(config)
     url = server_url(host, sock.getsockname()[1])
     uv_config = uvicorn.Config(
-        app,
+        TransportExposingApp(app),  # lets the reset_after_charge fault reset the connection
         log_level=log_level,
         access_log=access_log,
         lifespan="on",

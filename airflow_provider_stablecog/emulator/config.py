@@ -15,12 +15,16 @@ FAULT_KINDS: tuple[str, ...] = (
     "spurious_429",
     "slow",
     "drop_after_charge",
+    "reset_after_charge",
 )
 
 #: Settings that ``PATCH /_emulator/config`` may change at run time.
 RUNTIME_SETTINGS: tuple[str, ...] = (
     "latency",
+    "latency_jitter",
     "rate_limit",
+    "read_rate_limit",
+    "upload_rate_limit",
     "faults",
     "fault_seed",
     "slow_seconds",
@@ -75,15 +79,32 @@ def format_faults(faults: dict[str, float]) -> str:
 class EmulatorConfig:
     """Everything that shapes the emulator's behaviour.
 
-    Times are in seconds. ``rate_limit`` is the per-IP create-route budget per
-    second (reads get twice that); ``0`` disables rate limiting.
+    Times are in seconds. Rate limits are per client IP in a sliding 1 s window, as on the
+    server: ``rate_limit`` for create routes (POST upscale), ``read_rate_limit`` for GET routes
+    (default twice ``rate_limit``) on the *same* counter (a create is refused once the counter
+    reaches ``rate_limit``, a read at ``read_rate_limit``), and ``upload_rate_limit`` for
+    ``POST /v1/image/upload`` in its own window (default 0.4 × ``rate_limit``: 4 for 10).
+    ``rate_limit=0`` disables the derived ones too; ``/v1/health`` is not limited.
+
+    ``latency_jitter``: each charged upscale answer is delayed by a further random 0..jitter s
+    (drawn from ``fault_seed``) after the work, so answers arrive out of charge order; every
+    answer's ``remaining_credits`` is the balance right after its own charge, as on the server.
+
+    Faults (probabilities per upscale attempt): ``timeout``, ``worker_failure``, ``bad_gateway``,
+    ``spurious_429``, ``slow``, ``drop_after_charge`` (charged, then half the body and the
+    connection closed) and ``reset_after_charge`` (charged, then the connection reset before any
+    byte of the answer). Both count in the ledger's ``responses_lost``, as does every answer
+    whose client had already gone (read timeout, abort).
     """
 
     api_key: str = field(default_factory=new_api_key)
     credits: int = 1000
     plan_concurrency: int = 4
     latency: float = 0.5
+    latency_jitter: float = 0.0
     rate_limit: float = 10.0
+    read_rate_limit: float | None = None
+    upload_rate_limit: float | None = None
     queue_limit: int = 50
     server_timeout: float = 240.0
     faults: dict[str, float] = field(default_factory=dict)
@@ -108,8 +129,11 @@ class EmulatorConfig:
             raise ValueError("plan_concurrency must be >= 0")
         if self.queue_limit < 0:
             raise ValueError("queue_limit must be >= 0")
-        for name in ("latency", "rate_limit", "slow_seconds", "fetch_timeout"):
+        for name in ("latency", "latency_jitter", "rate_limit", "slow_seconds", "fetch_timeout"):
             if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0")
+        for name in ("read_rate_limit", "upload_rate_limit"):
+            if getattr(self, name) is not None and getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
         if self.server_timeout <= 0:
             raise ValueError("server_timeout must be > 0")
@@ -125,6 +149,14 @@ class EmulatorConfig:
         for name in RUNTIME_SETTINGS:
             setattr(self, name, getattr(candidate, name))
 
+    def limit_for(self, route_class: str) -> float:
+        """Requests/s per IP of a route class (``create``, ``read``, ``upload``); 0 = unlimited."""
+        if route_class == "upload":
+            return self.upload_rate_limit if self.upload_rate_limit is not None else 0.4 * self.rate_limit
+        if route_class == "read":
+            return self.read_rate_limit if self.read_rate_limit is not None else 2 * self.rate_limit
+        return self.rate_limit
+
     def public_dict(self) -> dict[str, Any]:
         """The settings as JSON-friendly data (the API key is included)."""
         return dataclasses.asdict(self)
@@ -133,7 +165,10 @@ class EmulatorConfig:
 def _coerce(changes: dict[str, Any]) -> dict[str, Any]:
     types = {
         "latency": float,
+        "latency_jitter": float,
         "rate_limit": float,
+        "read_rate_limit": _optional_float,
+        "upload_rate_limit": _optional_float,
         "slow_seconds": float,
         "server_timeout": float,
         "queue_limit": int,
@@ -143,3 +178,7 @@ def _coerce(changes: dict[str, Any]) -> dict[str, Any]:
     for name, value in changes.items():
         coerced[name] = parse_faults(value) if name == "faults" else types[name](value)
     return coerced
+
+
+def _optional_float(value: Any) -> float | None:
+    return None if value is None else float(value)

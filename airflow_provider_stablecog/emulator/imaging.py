@@ -189,3 +189,25 @@ def truncated_jpeg() -> bytes:
 def too_big_png() -> bytes:
     """A valid PNG with more than 1,048,576 pixels."""
     return sample_bytes(*TOO_BIG_SIZE, "png", 0)
+
+
+#: A PNG text chunk (keyword NUL text) that makes the emulated worker fail on an image.
+WORKER_FAILS_MARKER = b"stablecog-emulator\x00worker-fails"
+
+
+@functools.lru_cache(maxsize=1)
+def worker_fails_png() -> bytes:
+    """A valid 64x64 PNG the validation accepts and the emulated worker always fails on (refunded).
+
+    Like a real image whose pixels the upscaler cannot process: each attempt is charged, then
+    refunded with 500 ``An unknown error has occured``.
+    """
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    info.add_text("stablecog-emulator", "worker-fails")
+    out = io.BytesIO()
+    render_sample(64, 64, 3).save(out, "PNG", pnginfo=info)
+    data = out.getvalue()
+    assert WORKER_FAILS_MARKER in data
+    return data

@@ -9,11 +9,21 @@ from airflow_provider_stablecog.emulator.responses import rate_headers, too_many
 from airflow_provider_stablecog.emulator.state import EmulatorState
 
 
+def route_class(method: str, path: str) -> str | None:
+    """The server's rate-limit class: ``upload``, ``create`` (other POSTs), ``read``; None: unlimited."""
+    if path.rstrip("/") == "/v1/image/upload":
+        return "upload"
+    if path.rstrip("/") == "/v1/health":
+        return None
+    return "create" if method == "POST" else "read"
+
+
 class V1Middleware:
     """Count /v1 requests by route and apply the sliding one-second window per client IP.
 
-    POST routes (create, upload) get ``rate_limit`` requests per second, reads twice that;
-    all /v1 requests of one IP share one window.
+    As on the server: creates and reads of one IP share one counter (``/v1/image/*``,
+    ``/v1/credits``), a create is refused once it holds ``rate_limit`` requests, a read once it
+    holds ``read_rate_limit``; uploads have their own window (``upload_rate_limit``); health is free.
     """
 
     def __init__(self, app: ASGIApp, state: EmulatorState) -> None:
@@ -26,15 +36,17 @@ class V1Middleware:
             return
         method = scope["method"]
         self.state.ledger.requests_by_route[f"{method} {scope['path']}"] += 1
-        rate_limit = self.state.config.rate_limit
-        if rate_limit <= 0:
+        kind = route_class(method, scope["path"])
+        limit = self.state.config.limit_for(kind) if kind else 0
+        if limit <= 0:
             await self.app(scope, receive, send)
             return
-        limit = rate_limit if method == "POST" else 2 * rate_limit
         client = (scope.get("client") or ("unknown", 0))[0]
-        decision = self.state.rate_limiter.check(client, limit)
+        window = f"upload:{client}" if kind == "upload" else client
+        decision = self.state.rate_limiter.check(window, limit)
         if not decision.allowed:
             self.state.ledger.rate_limited += 1
+            self.state.ledger.rate_limited_by_class[kind] += 1
             await too_many_requests(decision)(scope, receive, send)
             return
         extra = rate_headers(decision)

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import socket
+import struct
 from typing import Any
 
 from starlette.requests import Request
@@ -77,3 +81,47 @@ class DroppedResponse(Response):
         )
         await send({"type": "http.response.body", "body": body[: len(body) // 2], "more_body": True})
         # Returning without completing makes the server close the connection mid-body.
+
+
+class ResetResponse(Response):
+    """Reset the connection (TCP RST) before any byte of the answer, as a crashed proxy would.
+
+    Needs the transport, which :class:`TransportExposingApp` puts in the scope under a real
+    server; without it (in-process test clients) it falls back to :class:`DroppedResponse`.
+    """
+
+    media_type = "application/json"
+
+    def __init__(self, fallback: bytes) -> None:
+        super().__init__(fallback)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        transport = scope.get("extensions", {}).get(TRANSPORT_EXTENSION, {}).get("transport")
+        if transport is None:
+            await DroppedResponse(self.body)(scope, receive, send)
+            return
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        transport.abort()
+        await asyncio.sleep(0.01)  # let the server see the connection lost, so it sends nothing
+
+
+TRANSPORT_EXTENSION = "stablecog_emulator.transport"
+
+
+class TransportExposingApp:
+    """Outermost ASGI wrapper (uvicorn only): puts the connection's transport into the scope."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    def __getattr__(self, name: str) -> Any:  # app.state etc. stay reachable
+        return getattr(self.app, name)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        transport = getattr(getattr(send, "__self__", None), "transport", None)
+        if scope["type"] == "http" and transport is not None:
+            scope.setdefault("extensions", {})[TRANSPORT_EXTENSION] = {"transport": transport}
+        await self.app(scope, receive, send)

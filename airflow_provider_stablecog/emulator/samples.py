@@ -19,6 +19,7 @@ BAD_SAMPLES = (
     "truncated.jpg",
     "too-big.png",
     "missing.png",
+    "worker-fails.png",
 )
 
 
@@ -34,6 +35,8 @@ async def bad_sample(name: str) -> Response:
         return Response(imaging.truncated_jpeg(), media_type="image/jpeg")
     if name == "too-big.png":
         return Response(imaging.too_big_png(), media_type="image/png")
+    if name == "worker-fails.png":  # valid, but the emulated worker fails on it every time
+        return Response(imaging.worker_fails_png(), media_type="image/png")
     return JSONResponse({"error": "not_found"}, status_code=404)
 
 

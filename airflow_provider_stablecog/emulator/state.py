@@ -6,6 +6,7 @@ import asyncio
 import collections
 import hashlib
 import math
+import random
 import shutil
 import tempfile
 import time
@@ -182,8 +183,11 @@ class Ledger:
     max_in_flight: int = 0
     requests_by_route: collections.Counter[str] = field(default_factory=collections.Counter)
     rate_limited: int = 0
+    rate_limited_by_class: collections.Counter[str] = field(default_factory=collections.Counter)
     faults_injected: collections.Counter[str] = field(default_factory=collections.Counter)
     responses_lost: int = 0
+    abandoned_by_client: int = 0
+    broken_inputs: int = 0
     delivered: int = 0
     free_answers: int = 0
     queue_rejected: int = 0
@@ -218,6 +222,7 @@ class EmulatorState:
         self.uploads: dict[str, Upload] = {}
         self.recipes: dict[str, Callable[[Path], None]] = {}
         self.attempts: collections.Counter[str] = collections.Counter()
+        self.jitter_rng = random.Random(self.config.fault_seed)
         self.ledger = Ledger()
         self.default_account = self.add_account(
             self.config.api_key, self.config.credits, self.config.plan_concurrency
@@ -356,10 +361,12 @@ class EmulatorState:
 
     # -- credits ---------------------------------------------------------------------------
 
-    def charge(self, account: Account, input_key: str) -> None:
+    def charge(self, account: Account, input_key: str) -> int:
+        """Take one credit; return the balance right after this charge (the answer's remaining_credits)."""
         account.balance -= 1
         self.ledger.charged += 1
         self.ledger.charges_by_input[input_key] += 1
+        return account.balance
 
     def refund(self, account: Account, input_key: str) -> None:
         account.balance += 1
@@ -373,6 +380,11 @@ class EmulatorState:
         self.attempts[input_key] += 1
         attempt = self.attempts[input_key]
         return decide_fault(self.config.faults, self.config.fault_seed, input_key, attempt)
+
+    def answer_jitter(self) -> float:
+        """A random extra answer delay in 0..latency_jitter seconds (seeded by fault_seed)."""
+        jitter = self.config.latency_jitter
+        return self.jitter_rng.uniform(0, jitter) if jitter > 0 else 0.0
 
     def record_fault(self, kind: str) -> None:
         self.ledger.faults_injected[kind] += 1
@@ -402,8 +414,11 @@ class EmulatorState:
             "max_in_flight": ledger.max_in_flight,
             "requests_by_route": dict(ledger.requests_by_route),
             "rate_limited": ledger.rate_limited,
+            "rate_limited_by_class": dict(ledger.rate_limited_by_class),
             "faults_injected": dict(ledger.faults_injected),
             "responses_lost": ledger.responses_lost,
+            "abandoned_by_client": ledger.abandoned_by_client,
+            "broken_inputs": ledger.broken_inputs,
             "delivered": ledger.delivered,
             "free_answers": ledger.free_answers,
             "queue_rejected": ledger.queue_rejected,

@@ -77,7 +77,8 @@ class RunningEmulator:
         return self._call("GET", "/_emulator/ledger")
 
     def configure(self, **changes: Any) -> dict[str, Any]:
-        """Change latency, rate_limit, faults, fault_seed, slow_seconds, server_timeout, queue_limit."""
+        """Change run-time settings: latency, latency_jitter, rate_limit, read_rate_limit,
+        upload_rate_limit, faults, fault_seed, slow_seconds, server_timeout, queue_limit."""
         return self._call("PATCH", "/_emulator/config", changes)
 
     def add_account(

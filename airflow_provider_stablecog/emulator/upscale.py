@@ -21,6 +21,7 @@ from airflow_provider_stablecog.emulator.responses import (
     UNKNOWN_ERROR,
     ApiError,
     DroppedResponse,
+    ResetResponse,
     bad_gateway,
     error_response,
     too_many_requests,
@@ -198,8 +199,8 @@ async def create_upscale(request: Request, state: EmulatorState) -> Response:
         return _already_upscaled(request, state, account, job, source)
     if account.balance <= 0:
         raise ApiError(400, "insufficient_credits")
-    state.charge(account, job.key)
-    return await _run_charged(request, state, account, job, source, fault)
+    balance = state.charge(account, job.key)
+    return await _run_charged(request, state, account, job, source, fault, balance)
 
 
 def _already_upscaled(
@@ -219,8 +220,9 @@ async def _run_charged(
     job: UpscaleJob,
     source: GeneratedOutput | bytes,
     fault: str | None,
+    balance: int,
 ) -> Response:
-    """The credit is taken: every path either refunds or answers the upscale."""
+    """The credit is taken (``balance`` is what it left): every path either refunds or answers."""
     if fault == "timeout":
         state.record_fault(fault)
         return _refunded(state, account, job, 500, "TIMEOUT")
@@ -238,7 +240,7 @@ async def _run_charged(
     except asyncio.CancelledError:  # server shutting down: the job never finished
         state.refund(account, job.key)
         raise
-    return await _deliver(request, state, account, job, source, name, fault)
+    return await _deliver(request, state, account, job, source, name, fault, balance)
 
 
 def _refunded(state: EmulatorState, account: Account, job: UpscaleJob, status: int, code: str) -> Response:
@@ -268,8 +270,15 @@ async def _work(state: EmulatorState, source: GeneratedOutput | bytes, fault: st
     if fault == "worker_failure":
         state.record_fault(fault)
         raise WorkerFailed()
+    if isinstance(source, bytes) and imaging.WORKER_FAILS_MARKER in source:
+        state.ledger.broken_inputs += 1
+        raise WorkerFailed()  # an image the validation accepts and the worker cannot process
     name, path = state.new_output_file()
-    await asyncio.to_thread(_upscale_source, state, source, path)
+    try:
+        await asyncio.to_thread(_upscale_source, state, source, path)
+    except (OSError, SyntaxError, ValueError) as exc:  # Pillow could not process it: as the worker
+        state.ledger.broken_inputs += 1
+        raise WorkerFailed() from exc
     return name
 
 
@@ -290,19 +299,25 @@ async def _deliver(
     source: GeneratedOutput | bytes,
     name: str,
     fault: str | None,
+    balance: int,
 ) -> Response:
     state.ledger.upscales_completed += 1
     if isinstance(source, GeneratedOutput):
         source.upscaled_name = name
-        body = _success_body(request, state, account, job, source.id, source.image_name, name)
+        body = _success_body(request, state, account, job, source.id, source.image_name, name, balance)
     else:
-        body = _success_body(request, state, account, job, name.removesuffix(".jpeg"), name, name)
-    if fault == "drop_after_charge":
+        body = _success_body(request, state, account, job, name.removesuffix(".jpeg"), name, name, balance)
+    if jitter := state.answer_jitter():
+        await asyncio.sleep(jitter)  # out of charge order: an older, higher balance can arrive later
+    if fault in ("drop_after_charge", "reset_after_charge"):
         state.record_fault(fault)
         state.ledger.responses_lost += 1
+        if fault == "reset_after_charge":
+            return ResetResponse(fallback=json.dumps(body).encode())
         return DroppedResponse(json.dumps(body).encode())
     if await request.is_disconnected():
         state.ledger.responses_lost += 1
+        state.ledger.abandoned_by_client += 1
     else:
         state.ledger.delivered += 1
     return JSONResponse(body)
@@ -316,7 +331,9 @@ def _success_body(
     output_id: str,
     image_name: str,
     upscaled_name: str,
+    balance: int | None = None,
 ) -> dict[str, Any]:
+    """The 200 body; ``balance``: the balance right after this request's charge (None: now)."""
     return {
         "outputs": [
             {
@@ -325,6 +342,6 @@ def _success_body(
                 "upscaled_image_url": output_url(request, state, upscaled_name),
             }
         ],
-        "remaining_credits": int(account.balance),
+        "remaining_credits": int(account.balance if balance is None else balance),
         "settings": {"model_id": job.model_id, "input": job.input},
     }

@@ -136,7 +136,7 @@ def test_client_gone_before_a_slow_answer_counts_as_lost(stablecog_emulator: Run
 
 def test_real_rate_limit_headers():
     with run_emulator(rate_limit=1, latency=0.01) as emulator:
-        url = f"{emulator.base_url}/v1/health"
+        url = f"{emulator.base_url}/v1/image/upscale/models"
         statuses = [httpx.get(url) for _ in range(3)]
         assert [r.status_code for r in statuses] == [200, 200, 429]
         assert statuses[0].headers["x-ratelimit-limit"] == "2"

@@ -114,10 +114,15 @@ def test_generation_outputs_pagination(app_client: TestClient):
 
 
 def test_generation_outputs_filter_and_shape(app_client: TestClient):
-    only = app_client.get("/v1/image/generation/outputs?upscaled=only", headers=AUTH).json()["outputs"]
-    never = app_client.get("/v1/image/generation/outputs?upscaled=not", headers=AUTH).json()["outputs"]
-    assert len(only) == len(never) == 4
-    assert all("upscaled_image_url" in o for o in only) and not any("upscaled_image_url" in o for o in never)
+    """As on the server: ``upscaled`` is validated and counted in ``total``, not applied to the page."""
+    only_page = app_client.get("/v1/image/generation/outputs?upscaled=only", headers=AUTH).json()
+    never_page = app_client.get("/v1/image/generation/outputs?upscaled=not", headers=AUTH).json()
+    assert only_page["total"] == never_page["total"] == 4
+    assert len(only_page["outputs"]) == len(never_page["outputs"]) == 8
+    assert only_page["outputs"] == never_page["outputs"]
+    assert app_client.get("/v1/image/generation/outputs?upscaled=yes", headers=AUTH).status_code == 400
+    only = [o for o in only_page["outputs"] if "upscaled_image_url" in o]
+    assert len(only) == 4
     output = only[0]
     assert {"id", "image_url", "created_at", "generation"} <= set(output)
     assert {"id", "width", "height", "prompt", "seed", "model_id", "created_at"} <= set(output["generation"])
@@ -178,7 +183,7 @@ def test_upscale_with_explicit_model(app_client: TestClient):
 
 def test_upscale_output_id_then_already_upscaled_is_free(app_client: TestClient):
     outputs = app_client.get("/v1/image/generation/outputs?upscaled=not", headers=AUTH).json()["outputs"]
-    target = outputs[0]
+    target = next(o for o in outputs if "upscaled_image_url" not in o)  # the page is not filtered
     first = app_client.post(UPSCALE, headers=AUTH, json={"input": target["id"]}).json()
     assert first["remaining_credits"] == 99
     assert first["outputs"][0]["url"] == target["image_url"]
@@ -190,13 +195,14 @@ def test_upscale_output_id_then_already_upscaled_is_free(app_client: TestClient)
     expected = {"id": target["id"], "url": target["image_url"], "upscaled_image_url": upscaled_url}
     assert again["outputs"][0] == expected
     listed = app_client.get("/v1/image/generation/outputs?upscaled=only", headers=AUTH).json()["outputs"]
-    assert target["id"] in {o["id"] for o in listed}
+    assert target["id"] in {o["id"] for o in listed if "upscaled_image_url" in o}
     books = ledger(app_client)
     assert (books["charged"], books["free_answers"], books["delivered"]) == (1, 1, 2)
 
 
 def test_seeded_upscaled_output_charges_nothing(app_client: TestClient):
-    target = app_client.get("/v1/image/generation/outputs?upscaled=only", headers=AUTH).json()["outputs"][0]
+    outputs = app_client.get("/v1/image/generation/outputs?upscaled=only", headers=AUTH).json()["outputs"]
+    target = next(o for o in outputs if "upscaled_image_url" in o)
     body = app_client.post(UPSCALE, headers=AUTH, json={"input": target["id"].upper()}).json()
     assert body["remaining_credits"] == 100
     assert body["outputs"][0]["url"] == target["image_url"]
@@ -322,16 +328,40 @@ def test_rate_limit_is_plain_text_429(make_client):
     assert limited.headers["retry-after"] == "1"
     assert limited.headers["x-ratelimit-limit"] == "2" and limited.headers["x-ratelimit-remaining"] == "0"
     assert int(limited.headers["x-ratelimit-reset"]) > 0
-    # reads get twice the budget in the same shared window: 2 more fit
-    assert [client.get("/v1/health").status_code for _ in range(3)] == [200, 200, 429]
+    # reads get twice the budget in the same shared window: 2 more fit; health is not limited
+    assert [client.get("/v1/image/upscale/models").status_code for _ in range(3)] == [200, 200, 429]
+    assert client.get("/v1/health").status_code == 200
     assert client.get("/samples/8x8.png").status_code == 200  # outside /v1: never limited
     books = ledger(client)
     assert books["rate_limited"] == 2 and books["charged"] == 2
+    assert books["rate_limited_by_class"] == {"create": 1, "read": 1}
     assert books["requests_by_route"]["POST /v1/image/upscale/create"] == 3
 
 
 def test_rate_limit_zero_disables(app_client: TestClient):
-    assert {app_client.get("/v1/health").status_code for _ in range(60)} == {200}
+    assert {app_client.get("/v1/image/upscale/models").status_code for _ in range(60)} == {200}
+
+
+def test_upload_has_its_own_window(make_client):
+    client = make_client(rate_limit=10)  # uploads: 0.4 x 10 = 4 per second, own window
+    png = client.get("/samples/16x16.png").content
+    statuses = [
+        client.post("/v1/image/upload", headers=AUTH, files={"file": ("a.png", png, "image/png")}).status_code
+        for _ in range(5)
+    ]
+    assert statuses == [200] * 4 + [429]
+    # creates and reads are counted apart from uploads
+    assert client.get("/v1/image/upscale/models").status_code == 200
+    assert ledger(client)["rate_limited_by_class"] == {"upload": 1}
+
+
+def test_route_class_limits_are_configurable(make_client):
+    client = make_client(rate_limit=1, read_rate_limit=3, upload_rate_limit=1)
+    assert client.get("/_emulator/config").json()["read_rate_limit"] == 3
+    assert [client.get("/v1/image/upscale/models").status_code for _ in range(4)] == [200, 200, 200, 429]
+    patched = client.patch("/_emulator/config", json={"upload_rate_limit": 0, "latency_jitter": 0.2})
+    assert patched.status_code == 200 and patched.json()["upload_rate_limit"] == 0
+    assert patched.json()["latency_jitter"] == 0.2
 
 
 # -- samples ----------------------------------------------------------------------------------------
