@@ -5,8 +5,29 @@ from __future__ import annotations
 from typing import Any
 
 
+# The hook's defaults for the extras it owns (a test checks they match StablecogHook's).
+DEFAULT_PLAN_CONCURRENCY = 1
+DEFAULT_MAX_RETRIES = 5
+DEFAULT_RETRY_BACKOFF = 1
+
+
 def get_provider_info() -> dict[str, Any]:
     from airflow_provider_stablecog import __version__
+    from airflow_provider_stablecog.client import (
+        DEFAULT_CONNECT_TIMEOUT,
+        DEFAULT_RATE_LIMIT,
+        DEFAULT_READ_TIMEOUT,
+    )
+
+    defaults = {
+        "timeout": DEFAULT_READ_TIMEOUT,
+        "connect_timeout": DEFAULT_CONNECT_TIMEOUT,
+        "plan_concurrency": DEFAULT_PLAN_CONCURRENCY,
+        "rate_limit": DEFAULT_RATE_LIMIT,
+        "max_retries": DEFAULT_MAX_RETRIES,
+        "retry_backoff": DEFAULT_RETRY_BACKOFF,
+    }
+    empty = {key: f"{value:g}" for key, value in defaults.items()}
 
     return {
         "package-name": "airflow-provider-stablecog",
@@ -49,34 +70,56 @@ def get_provider_info() -> dict[str, Any]:
                 "hook-class-name": "airflow_provider_stablecog.hooks.stablecog.StablecogHook",
                 "hook-name": "Stablecog",
                 "connection-type": "stablecog",
+                # No "default" in these schemas: the form would fill the fields with it and saving
+                # would freeze every default into the connection's extra. Empty means the hook's
+                # default (said in each description and placeholder), so a new release's defaults apply.
                 "conn-fields": {
                     "timeout": {
                         "label": "Read timeout (s)",
-                        "description": "Seconds to wait for an answer; the server may hold an upscale for 240 s.",
-                        "schema": {"type": ["number", "null"], "default": 300, "minimum": 1},
+                        "description": (
+                            "Seconds to wait for an answer; the server may hold an upscale open for "
+                            f"minutes. Empty: {empty['timeout']}."
+                        ),
+                        "schema": {"type": ["number", "null"], "minimum": 1},
                     },
                     "connect_timeout": {
                         "label": "Connect timeout (s)",
-                        "schema": {"type": ["number", "null"], "default": 10, "minimum": 0.1},
+                        "description": (
+                            f"Seconds to wait for the connection to the Base URL to open. Empty: {empty['connect_timeout']}."
+                        ),
+                        "schema": {"type": ["number", "null"], "minimum": 0.1},
                     },
                     "plan_concurrency": {
                         "label": "Plan concurrency",
-                        "description": "Parallel upscales your plan allows: free 1, starter 2, pro 3, ultimate 4.",
-                        "schema": {"type": ["integer", "null"], "default": 1, "minimum": 1, "maximum": 64},
+                        "description": (
+                            "Parallel upscales your plan allows: free 1, starter 2, pro 3, ultimate 4. "
+                            f"Empty: {empty['plan_concurrency']} (the free plan; the embedded emulator "
+                            "prints a connection with its own plan)."
+                        ),
+                        "schema": {"type": ["integer", "null"], "minimum": 1, "maximum": 64},
                     },
                     "rate_limit": {
                         "label": "Rate limit (requests/s)",
-                        "description": "Client-side cap per task; the API limits each IP to about 10 create requests/s.",
-                        "schema": {"type": ["number", "null"], "default": 8, "minimum": 0},
+                        "description": (
+                            "Client-side cap per task; the API limits each IP to about 10 create "
+                            f"requests/s. 0 turns it off. Empty: {empty['rate_limit']}."
+                        ),
+                        "schema": {"type": ["number", "null"], "minimum": 0},
                     },
                     "max_retries": {
                         "label": "Retries of transient errors",
-                        "schema": {"type": ["integer", "null"], "default": 5, "minimum": 0},
+                        "description": (
+                            "How often a 429, 5xx, TIMEOUT or connection error is retried before the "
+                            f"item fails; a rejected key or missing credits is never retried. Empty: {empty['max_retries']}."
+                        ),
+                        "schema": {"type": ["integer", "null"], "minimum": 0},
                     },
                     "retry_backoff": {
                         "label": "First retry backoff (s)",
-                        "description": "Doubled on each retry (with jitter); a 429's Retry-After wins.",
-                        "schema": {"type": ["number", "null"], "default": 1, "minimum": 0},
+                        "description": (
+                            f"Doubled on each retry (with jitter); a 429's Retry-After wins. Empty: {empty['retry_backoff']}."
+                        ),
+                        "schema": {"type": ["number", "null"], "minimum": 0},
                     },
                 },
                 "ui-field-behaviour": {
@@ -85,6 +128,7 @@ def get_provider_info() -> dict[str, Any]:
                     "placeholders": {
                         "host": "https://api.stablecog.com",
                         "password": "sc-...",
+                        **empty,  # an empty field shows the default it stands for
                     },
                 },
             }

@@ -39,6 +39,38 @@ def test_connection_form_declared():
     assert {"login", "schema", "port"} <= set(behaviour["hidden-fields"])
 
 
+def test_connection_form_does_not_freeze_defaults():
+    """A default in a conn-field schema pre-fills the form, and saving stores it in Extra: none."""
+    (conn,) = get_provider_info()["connection-types"]
+    for name, field in conn["conn-fields"].items():
+        assert "default" not in field["schema"], name
+        assert "null" in field["schema"]["type"], name  # empty is allowed and means the default
+        assert field.get("description"), f"{name} has no help text"
+        assert field.get("label"), name
+
+
+def test_connection_form_placeholders_are_the_hooks_defaults(monkeypatch):
+    """Each empty extra field shows the value the hook uses when it is empty."""
+    from airflow_provider_stablecog.hooks.stablecog import StablecogHook
+
+    (conn,) = get_provider_info()["connection-types"]
+    placeholders = conn["ui-field-behaviour"]["placeholders"]
+    monkeypatch.setenv("AIRFLOW_CONN_STABLECOG_DEFAULT", json.dumps({"conn_type": "stablecog", "password": "sc-x"}))
+    settings = StablecogHook().settings
+    used = {
+        "timeout": settings.read_timeout,
+        "connect_timeout": settings.connect_timeout,
+        "plan_concurrency": settings.plan_concurrency,
+        "rate_limit": settings.rate_limit,
+        "max_retries": settings.max_retries,
+        "retry_backoff": settings.retry_backoff,
+    }
+    assert set(used) == set(conn["conn-fields"])
+    for name, value in used.items():
+        assert float(placeholders[name]) == value, name
+        assert f"Empty: {placeholders[name]}" in conn["conn-fields"][name]["description"], name
+
+
 def test_airflow_cli_lists_the_provider_and_its_hook(tmp_path):
     env = {"AIRFLOW_HOME": str(tmp_path), "PATH": str(Path(sys.executable).parent)}
     airflow_bin = str(Path(sys.executable).parent / "airflow")

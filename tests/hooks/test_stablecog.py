@@ -12,7 +12,9 @@ from airflow_provider_stablecog.exceptions import (
     InsufficientCreditsError,
     StablecogAuthError,
     StablecogConfigError,
+    StablecogConnectionError,
     StablecogInputError,
+    StablecogServerError,
 )
 from airflow_provider_stablecog.hooks.stablecog import StablecogHook
 from tests.conftest import API_KEY, BASE_URL
@@ -50,9 +52,15 @@ def test_settings_from_json_connection(stablecog_conn):
 @pytest.mark.parametrize(
     ("uri", "base_url"),
     [
-        (f"stablecog://:{API_KEY}@127.0.0.1:8765/?scheme=http&plan_concurrency=3", "http://127.0.0.1:8765"),
-        (f"stablecog://:{API_KEY}@http%3A%2F%2Flocalhost%3A9000", "http://localhost:9000"),
-        (f"stablecog://:{API_KEY}@api.stablecog.com", "https://api.stablecog.com"),
+        # the documented form: the whole base URL in host (URL-encoded in a URI)
+        pytest.param(f"stablecog://:{API_KEY}@http%3A%2F%2F127.0.0.1%3A8765?plan_concurrency=4", "http://127.0.0.1:8765", id="encoded-url"),
+        pytest.param(f"stablecog://:{API_KEY}@http%3A%2F%2Flocalhost%3A9000", "http://localhost:9000", id="encoded-localhost"),
+        pytest.param(f"stablecog://:{API_KEY}@https%3A%2F%2Fapi.stablecog.com", "https://api.stablecog.com", id="encoded-https"),
+        pytest.param(f"stablecog://:{API_KEY}@?plan_concurrency=2", "https://api.stablecog.com", id="no-host"),
+        # older forms, still read
+        pytest.param(f"stablecog://:{API_KEY}@127.0.0.1:8765/?scheme=http&plan_concurrency=3", "http://127.0.0.1:8765", id="old-scheme-extra"),
+        pytest.param(f"stablecog://http://:{API_KEY}@127.0.0.1:8765", "http://127.0.0.1:8765", id="old-protocol-and-port"),
+        pytest.param(f"stablecog://:{API_KEY}@api.stablecog.com", "https://api.stablecog.com", id="old-bare-host"),
     ],
 )
 def test_settings_from_uri_connection(monkeypatch, uri, base_url):
@@ -60,6 +68,62 @@ def test_settings_from_uri_connection(monkeypatch, uri, base_url):
     settings = StablecogHook().settings
     assert settings.base_url == base_url
     assert settings.api_key == API_KEY
+
+
+@pytest.mark.parametrize(
+    "conn",
+    [
+        pytest.param({"host": "http://127.0.0.1:8765"}, id="json"),
+        pytest.param({"uri": f"stablecog://:{API_KEY}@http%3A%2F%2F127.0.0.1%3A8765"}, id="uri"),
+    ],
+)
+def test_documented_forms_show_the_whole_base_url_in_host(conn):
+    """What the connection form shows as "Base URL" is ``host``: the whole URL, port included."""
+    from airflow.sdk import Connection
+
+    if "uri" in conn:
+        parsed = Connection.from_uri(conn["uri"], conn_id="c")
+    else:
+        parsed = Connection(conn_id="c", conn_type="stablecog", password=API_KEY, **conn)
+    assert (parsed.host, parsed.port) == ("http://127.0.0.1:8765", None)
+    assert parsed.extra_dejson == {}
+
+
+def test_the_ui_test_round_trip_keeps_the_base_url(monkeypatch):
+    """The UI's Test exports the form as ``conn.get_uri()`` under a random id; the hook reads it back."""
+    from airflow.models.connection import Connection
+
+    form = Connection(conn_id="x", conn_type="stablecog", host="http://127.0.0.1:8765", password=API_KEY, extra='{"plan_concurrency": 4}')
+    monkeypatch.setenv("AIRFLOW_CONN_TMPABC123", form.get_uri())
+    settings = StablecogHook("tmpabc123").settings
+    assert (settings.base_url, settings.plan_concurrency, settings.api_key) == ("http://127.0.0.1:8765", 4, API_KEY)
+
+
+@pytest.mark.parametrize("empty", [None, "", "  "])
+def test_empty_extras_mean_the_defaults(stablecog_conn, empty):
+    """A form saved with empty fields stores null or "": nothing is frozen, the defaults apply."""
+    stablecog_conn(extra={k: empty for k in ("timeout", "connect_timeout", "plan_concurrency", "rate_limit", "max_retries", "retry_backoff")})
+    from airflow_provider_stablecog.client import DEFAULT_CONNECT_TIMEOUT, DEFAULT_RATE_LIMIT, DEFAULT_READ_TIMEOUT
+
+    settings = StablecogHook().settings
+    assert (settings.read_timeout, settings.connect_timeout) == (DEFAULT_READ_TIMEOUT, DEFAULT_CONNECT_TIMEOUT)
+    assert (settings.plan_concurrency, settings.rate_limit, settings.max_retries, settings.retry_backoff) == (
+        1, DEFAULT_RATE_LIMIT, 5, 1
+    )
+
+
+def test_pool_size_is_a_constructor_argument(stablecog_conn):
+    stablecog_conn(extra={"plan_concurrency": 3})
+    assert StablecogHook().pool_size == 5  # plan + 2
+    hook = StablecogHook(pool_size=12)
+    assert hook.pool_size == 12
+    assert hook.client.pool_size == 12
+
+
+@pytest.mark.parametrize("kwargs", [{"pool_size": 0}, {"pool_size": 2.5}, {"pool_size": True}, {"max_retries": -1}])
+def test_bad_constructor_arguments(kwargs):
+    with pytest.raises(ValueError, match=next(iter(kwargs))):
+        StablecogHook(**kwargs)
 
 
 def test_defaults_when_only_the_key_is_set(monkeypatch):
@@ -86,8 +150,16 @@ def test_bad_base_url(stablecog_conn, host):
 
 def test_missing_password(stablecog_conn):
     stablecog_conn(password=None)
-    with pytest.raises(StablecogConfigError, match="password field"):
+    with pytest.raises(StablecogConfigError, match="'API key' field") as info:
         StablecogHook().settings
+    assert "Connection 'stablecog_default' has no API key" in str(info.value)  # tasks name it
+
+
+def test_credentials_in_the_base_url_are_refused(stablecog_conn):
+    stablecog_conn(host="https://user:hunter2@api.stablecog.com")
+    with pytest.raises(StablecogConfigError, match="user:password@") as info:
+        StablecogHook().settings
+    assert "hunter2" not in str(info.value)
 
 
 def test_bad_extra(stablecog_conn):
@@ -103,16 +175,36 @@ def test_unknown_connection_id():
 
 def test_test_connection_reports_credits(stablecog_conn, requests_mock):
     m = requests_mock.get(f"{BASE_URL}/v1/credits", json=CREDITS)
-    assert StablecogHook().test_connection() == (True, "Connected: 1,391 credits remaining")
+    assert StablecogHook().test_connection() == (True, f"Connected to {BASE_URL}: 1,391 credits remaining")
     assert m.last_request.headers["Authorization"] == f"Bearer {API_KEY}"
+    assert m.call_count == 1
 
 
 def test_test_connection_bad_key(stablecog_conn, requests_mock):
     requests_mock.get(f"{BASE_URL}/v1/credits", status_code=401, json={"error": "Unauthorized"})
     ok, message = StablecogHook().test_connection()
     assert ok is False
-    assert "Unauthorized" in message and "password" in message
+    assert "rejected the API key (401 Unauthorized)" in message
+    assert "'API key' field" in message and "password" not in message
     assert API_KEY not in message
+
+
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [
+        pytest.param({"password": ""}, "The connection has no API key: enter your sc-... key in the 'API key' field", id="no-key"),
+        pytest.param({"extra": {"timeout": "soon"}}, "The connection: extra 'timeout' must be a number", id="bad-extra"),
+        pytest.param({"host": "ftp://x"}, "The connection: the Base URL (host) must be", id="bad-url"),
+        pytest.param({"host": "http://example.org"}, "The connection: plain http:// is only allowed", id="plain-http"),
+    ],
+)
+def test_test_connection_does_not_quote_the_transient_id(stablecog_conn, fields, expected):
+    """The UI's Test button tests a copy of the form under a random id: never show that id."""
+    stablecog_conn("tmp7f3kq9zx", **fields)
+    ok, message = StablecogHook("tmp7f3kq9zx").test_connection()
+    assert ok is False
+    assert message.startswith(expected), message
+    assert "tmp7f3kq9zx" not in message
 
 
 def test_delegates(stablecog_conn, requests_mock):
@@ -159,10 +251,11 @@ def test_key_is_masked_and_never_logged(stablecog_conn, requests_mock, caplog, c
 # -- async (triggers) --------------------------------------------------------------------------
 
 
-def _serve_once(status: int, body: str):
-    """A tiny loopback server answering /v1/credits (httpx is not covered by requests-mock)."""
+def _serve_once(status: int, body: str, delay: float = 0.0):
+    """A tiny loopback server answering /v1/credits."""
     import http.server
     import threading
+    import time
 
     seen = {}
 
@@ -170,10 +263,13 @@ def _serve_once(status: int, body: str):
         def do_GET(self):  # noqa: N802
             seen["auth"] = self.headers.get("Authorization")
             seen["path"] = self.path
+            time.sleep(delay)
+            encoded = body.encode()
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(encoded)))
             self.end_headers()
-            self.wfile.write(body.encode())
+            self.wfile.write(encoded)
 
         def log_message(self, *args):
             pass
@@ -183,18 +279,57 @@ def _serve_once(status: int, body: str):
     return server, seen
 
 
-@pytest.mark.parametrize(("status", "body", "expected"), [(200, json.dumps(CREDITS), 1391), (401, '{"error":"Unauthorized"}', StablecogAuthError)])
-def test_aget_credits(stablecog_conn, status, body, expected):
+@pytest.mark.parametrize(
+    ("status", "body", "expected"),
+    [
+        pytest.param(200, json.dumps(CREDITS), 1391, id="ok"),
+        pytest.param(401, '{"error":"Unauthorized"}', StablecogAuthError, id="401"),
+        pytest.param(200, "not json", StablecogConnectionError, id="non-json-200"),
+        pytest.param(503, "<html>down</html>", StablecogServerError, id="503"),
+    ],
+)
+def test_aget_credits_matches_get_credits(stablecog_conn, status, body, expected):
+    """The async path is the sync client in a thread: same answers, same error classes."""
     server, seen = _serve_once(status, body)
     try:
+        stablecog_conn(host=f"http://127.0.0.1:{server.server_port}", extra={"max_retries": 0})
+        for call in (lambda hook: asyncio.run(hook.aget_credits()), lambda hook: hook.get_credits()):
+            hook = StablecogHook()
+            if isinstance(expected, int):
+                assert call(hook).total_remaining_credits == expected
+            else:
+                with pytest.raises(expected) as info:
+                    call(hook)
+                assert type(info.value) is expected
+            assert seen == {"auth": f"Bearer {API_KEY}", "path": "/v1/credits"}
+    finally:
+        server.shutdown()
+
+
+def test_aget_credits_does_not_block_the_event_loop(stablecog_conn):
+    server, _ = _serve_once(200, json.dumps(CREDITS), delay=0.5)
+    try:
         stablecog_conn(host=f"http://127.0.0.1:{server.server_port}")
-        hook = StablecogHook()
-        if isinstance(expected, int):
-            assert asyncio.run(hook.aget_credits()).total_remaining_credits == expected
-        else:
-            with pytest.raises(expected):
-                asyncio.run(hook.aget_credits())
-        assert seen == {"auth": f"Bearer {API_KEY}", "path": "/v1/credits"}
+
+        async def scenario():
+            ticks = 0
+
+            async def ticker():
+                nonlocal ticks
+                while True:
+                    ticks += 1
+                    await asyncio.sleep(0.01)
+
+            task = asyncio.create_task(ticker())
+            hook = StablecogHook()
+            credits = await hook.aget_credits()
+            task.cancel()
+            return credits, ticks, hook
+
+        credits, ticks, hook = asyncio.run(scenario())
+        assert credits.total_remaining_credits == 1391
+        assert ticks >= 20  # the loop ran while the request waited 0.5 s
+        assert hook.client is asyncio.run(hook.aget_client())  # one client per hook
     finally:
         server.shutdown()
 
