@@ -34,6 +34,7 @@ __all__ = [
     "AirflowSensorTimeout",
     "AirflowSkipException",
     "AirflowTaskTimeout",
+    "TaskDeferred",
     "conf",
     "get_base_airflow_version_tuple",
     "task_state_store",
@@ -64,6 +65,7 @@ _IMPORT_MAP: dict[str, tuple[str, ...]] = {
     "AirflowSensorTimeout": ("airflow.sdk.exceptions", "airflow.exceptions"),
     "AirflowSkipException": ("airflow.sdk.exceptions", "airflow.exceptions"),
     "AirflowTaskTimeout": ("airflow.sdk.exceptions", "airflow.exceptions"),
+    "TaskDeferred": ("airflow.sdk.exceptions", "airflow.exceptions"),
 }
 
 if TYPE_CHECKING:  # type checkers see the newest homes (the development line, 3.3)
@@ -74,6 +76,7 @@ if TYPE_CHECKING:  # type checkers see the newest homes (the development line, 3
         AirflowSensorTimeout as AirflowSensorTimeout,
         AirflowSkipException as AirflowSkipException,
         AirflowTaskTimeout as AirflowTaskTimeout,
+        TaskDeferred as TaskDeferred,
     )
 
 
