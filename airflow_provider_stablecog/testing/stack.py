@@ -751,9 +751,7 @@ class AirflowStack:
             answer = self.api("GET", path, params={"map_index": map_index, "full_content": "true"})
             content = answer.get("content")
             if isinstance(content, list):
-                return "\n".join(
-                    line.get("event", json.dumps(line)) if isinstance(line, dict) else str(line) for line in content
-                )
+                return "\n".join(_log_line(line) for line in content)
             return str(content)
         except StackError:
             return "\n".join(p.read_text(errors="replace") for p in self.log_files(dag_id, run_id, task_id))
@@ -794,6 +792,15 @@ class AirflowStack:
             except Exception as exc:  # noqa: BLE001 - diagnostics must not hide the real failure
                 parts.append(f"(could not read task instances: {exc})")
         return "\n".join(parts)
+
+
+def _log_line(line: Any) -> str:
+    """One structured log line of the REST API as text: the event, then any other fields as JSON."""
+    if not isinstance(line, dict):
+        return str(line)
+    rest = {k: v for k, v in line.items() if k not in ("event", "timestamp", "level", "logger", "sources")}
+    text = f"{line.get('level', '')} {line.get('event', '')}".strip()
+    return f"{text} {json.dumps(rest, default=str)}" if rest else text
 
 
 @contextlib.contextmanager
