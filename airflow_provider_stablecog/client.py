@@ -175,17 +175,25 @@ class RateLimiter:
         with self._lock:
             self._paused_until = max(self._paused_until, self._clock() + seconds)
 
-    def on_rate_limited(self, retry_after: float | None = None) -> None:
-        """A 429: pause everyone for ``retry_after`` (default 1 s), empty the bucket, slow down."""
+    def on_rate_limited(self, retry_after: float | None = None, server_limit: float | None = None) -> None:
+        """A 429: pause everyone for ``retry_after`` (default 1 s), empty the bucket, slow down.
+
+        ``server_limit`` (the 429's ``X-RateLimit-Limit``, requests per sliding second) caps the
+        rate at 80 % of it from now on, with no bursts: spaced requests never fill the window.
+        """
         with self._lock:
             now = self._clock()
             self.rate_limited += 1
             self._paused_until = max(self._paused_until, now + (1.0 if retry_after is None else retry_after))
             if self.rate is None:
                 return
+            if server_limit and server_limit > 0 and self.max_rate is not None:
+                self.max_rate = max(self.min_rate or 0.0, min(self.max_rate, 0.8 * server_limit))
+                self.rate = min(self.rate, self.max_rate)
             if now - self._last_decrease >= self.window:
                 self.rate = max(self.min_rate or 0.0, self.rate * self.decrease)
                 self._last_decrease = now
+            self.burst = 1.0  # the server's window is full: no more bursts from this client
             self._tokens = 0.0
             self._updated = self._rate_updated = self._paused_until
 
@@ -535,7 +543,7 @@ class StablecogClient:
         if response.status_code >= 400:
             error = error_from_response(response.status_code, response.headers, text, context=what)
             if isinstance(error, RateLimitError):
-                self._on_rate_limited(route, error.retry_after)
+                self._on_rate_limited(route, error.retry_after, _number(response.headers.get("X-RateLimit-Limit")))
             raise error
         try:
             return response.json()
@@ -548,8 +556,8 @@ class StablecogClient:
                 status_code=response.status_code,
             ) from None
 
-    def _on_rate_limited(self, route: str, retry_after: float | None) -> None:
-        self.limiter_for(route).on_rate_limited(retry_after)
+    def _on_rate_limited(self, route: str, retry_after: float | None, server_limit: float | None) -> None:
+        self.limiter_for(route).on_rate_limited(retry_after, server_limit)
         if route == ROUTE_READ:  # refused at 20 on the shared counter: creates are refused too
             self.rate_limiter.on_rate_limited(retry_after)
 
@@ -785,6 +793,13 @@ def explain_abandoned() -> str:
     from airflow_provider_stablecog.exceptions import explain
 
     return explain("response_abandoned")
+
+
+def _number(value: str | None) -> float | None:
+    try:
+        return float(value) if value else None
+    except ValueError:
+        return None
 
 
 def _default_burst(rate: float | None) -> float:
