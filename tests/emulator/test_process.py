@@ -157,3 +157,39 @@ def test_emulator_command_maps_options():
     command = emulator_command(latency=0.1, faults={"timeout": 0.5}, access_log=True, data_dir=None)
     assert command[:3] == [sys.executable, "-m", "airflow_provider_stablecog.emulator"]
     assert command[3:] == ["--latency", "0.1", "--faults", "timeout=0.5", "--access-log", "--port", "0"]
+
+
+def test_reset_after_charge_resets_before_any_byte(stablecog_emulator: RunningEmulator):
+    emulator = stablecog_emulator
+    emulator.configure(faults={"reset_after_charge": 1})
+    with pytest.raises(httpx.HTTPError) as caught:
+        upscale(emulator, emulator.sample_url("32x32.png"))
+    assert not isinstance(caught.value, httpx.HTTPStatusError)  # no status line ever came
+    books = emulator.ledger()
+    assert (books["charged"], books["refunded"], books["responses_lost"], books["delivered"]) == (1, 0, 1, 0)
+    assert books["faults_injected"] == {"reset_after_charge": 1}
+    assert "ASGI callable returned without" not in emulator.log_text()
+
+
+def test_new_options_reach_the_process():
+    with run_emulator(latency_jitter=0.25, read_rate_limit=7, upload_rate_limit=1.5, rate_limit=3) as emulator:
+        config = emulator._call("GET", "/_emulator/config")
+        assert (config["latency_jitter"], config["read_rate_limit"], config["upload_rate_limit"]) == (0.25, 7.0, 1.5)
+        assert emulator.configure(latency_jitter=0)["latency_jitter"] == 0
+
+
+def test_jittered_answers_report_the_balance_of_their_own_charge(stablecog_emulator: RunningEmulator):
+    """With answer-order jitter, an older (higher) balance can arrive after a newer one."""
+    import concurrent.futures
+
+    emulator = stablecog_emulator
+    emulator.configure(latency=0.01, latency_jitter=0.5, fault_seed=11)
+    arrivals: list[int] = []
+
+    def one(n: int) -> None:
+        arrivals.append(upscale(emulator, emulator.sample_url("32x32.png", seed=n)).json()["remaining_credits"])
+
+    with concurrent.futures.ThreadPoolExecutor(5) as pool:
+        list(pool.map(one, range(10)))
+    assert sorted(arrivals) == list(range(10, 20))  # credits=20: each answer its own charge's balance
+    assert arrivals != sorted(arrivals, reverse=True)

@@ -414,3 +414,22 @@ def test_admin_is_loopback_only(make_app):
         response = remote.get("/_emulator/ledger")
         assert (response.status_code, response.json()) == (403, {"error": "admin_loopback_only"})
         assert remote.get("/v1/health").status_code == 200
+
+
+def test_worker_fails_sample_is_charged_and_refunded_each_time(app_client: TestClient):
+    url = "http://testserver/samples/bad/worker-fails.png"
+    assert app_client.head(url).status_code == 200
+    for _ in range(2):
+        response = app_client.post(UPSCALE, headers=AUTH, json={"input": url})
+        assert (response.status_code, response.json()) == (500, {"error": "An unknown error has occured"})
+    books = ledger(app_client)
+    assert (books["charged"], books["refunded"], books["net_charged"], books["broken_inputs"]) == (2, 2, 0, 2)
+
+
+def test_remaining_credits_is_the_balance_after_this_charge(make_client):
+    client = make_client(latency=0.01)
+    first = client.post(UPSCALE, headers=AUTH, json={"input": SAMPLE}).json()
+    assert first["remaining_credits"] == 99
+    client.post("/_emulator/credits", json={"amount": 5})
+    second = client.post(UPSCALE, headers=AUTH, json={"input": SAMPLE}).json()
+    assert second["remaining_credits"] == 103

@@ -159,3 +159,20 @@ def test_lazy_exports():
     assert emulator.EmulatorConfig is EmulatorConfig
     with pytest.raises(AttributeError):
         emulator.nothing_here  # noqa: B018
+
+
+def test_new_fault_and_route_class_settings():
+    assert parse_faults("reset_after_charge=0.2") == {"reset_after_charge": 0.2}
+    config = EmulatorConfig(api_key="k", rate_limit=10)
+    assert (config.limit_for("create"), config.limit_for("read"), config.limit_for("upload")) == (10, 20, 4)
+    config.update({"upload_rate_limit": 1, "read_rate_limit": 5, "latency_jitter": 0.3})
+    assert (config.limit_for("read"), config.limit_for("upload"), config.latency_jitter) == (5, 1, 0.3)
+    config.update({"rate_limit": 0, "upload_rate_limit": None, "read_rate_limit": None})
+    assert (config.limit_for("create"), config.limit_for("read"), config.limit_for("upload")) == (0, 0, 0)
+    with pytest.raises(ValueError, match="latency_jitter"):
+        config.update({"latency_jitter": -1})
+
+
+def test_worker_fails_sample_passes_validation():
+    data = imaging.worker_fails_png()
+    assert imaging.inspect_image(data).format == "png" and imaging.WORKER_FAILS_MARKER in data
