@@ -812,3 +812,94 @@ def running_stack(
         yield stack.start(log=lambda msg: print(f"[stack] {msg}", flush=True))
     finally:
         stack.stop()
+
+
+# -- ./dev airflow -----------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``./dev airflow``: the same stack for people, with the example DAGs, until Ctrl-C."""
+    import argparse
+
+    from airflow_provider_stablecog.emulator.testing import run_emulator
+
+    parser = argparse.ArgumentParser(prog="./dev airflow", description=main.__doc__)
+    parser.add_argument("--port", type=int, default=8080, help="api-server / UI port on 127.0.0.1 (0 = free port)")
+    parser.add_argument("--home", type=Path, default=None, help="AIRFLOW_HOME (default: a temporary folder)")
+    parser.add_argument("--dags", type=Path, default=None, help="dags folder (default: the repo's example_dags)")
+    parser.add_argument("--pool-slots", type=int, default=5, help="slots of the stablecog pool (plan + 1)")
+    parser.add_argument("--credits", type=int, default=1000, help="the emulator account's credits")
+    parser.add_argument("--no-s3", action="store_true", help="do not start the moto S3 server")
+    args = parser.parse_args(argv)
+
+    repo = Path(__file__).resolve().parents[2]
+    dags = (args.dags or repo / "example_dags").resolve()
+    home = args.home or Path(tempfile.mkdtemp(prefix="stablecog-airflow-"))
+    port = args.port
+    if port:
+        with socket.socket() as probe:
+            if probe.connect_ex((LOOPBACK, port)) == 0:
+                print(f"port {port} is in use; taking a free one (or pass --port N)", file=sys.stderr)
+                port = 0
+    stop_requested = False
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        nonlocal stop_requested
+        stop_requested = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    s3: S3Server | None = None
+    with run_emulator(credits=args.credits, plan_concurrency=4, latency=0.5) as emulator:
+        try:
+            env = {
+                "AIRFLOW_CONN_STABLECOG_DEFAULT": emulator.connection_json(plan_concurrency=4),
+                "STABLECOG_EXAMPLE_SAMPLES_URL": emulator.base_url,
+                "STABLECOG_EXAMPLE_SOURCE": str(home / "incoming"),
+                "STABLECOG_EXAMPLE_DESTINATION": str(home / "upscaled"),
+                "STABLECOG_EXAMPLE_ASSET_DESTINATION": str(home / "asset-upscaled"),
+            }
+            if not args.no_s3:
+                s3 = start_s3_server(Path(home) / "stack-logs")
+                s3.create_bucket("stablecog")
+                env.update(s3.env())
+            from airflow_provider_stablecog.emulator.imaging import write_sample_images
+
+            write_sample_images(Path(home) / "incoming", sizes=["64x48.png", "48x64.jpg", "80x60.webp"], seed=1)
+            stack = AirflowStack(home, dags, env=env, api_port=port)
+            print(f">> starting PostgreSQL, api-server, scheduler, dag-processor, triggerer in {home}", flush=True)
+            stack.start(timeout=600, log=lambda msg: print(f">> {msg}", flush=True))
+            try:
+                stack.set_pool("stablecog", args.pool_slots, "Stablecog plan")
+                print(
+                    "\n"
+                    f"  Airflow UI      {stack.api_url}   (login: {stack.username} / {stack.password})\n"
+                    f"  Stablecog       emulator at {emulator.base_url} ({args.credits} credits), "
+                    f"connection stablecog_default, pool stablecog ({args.pool_slots} slots)\n"
+                    + (f"  S3 API          {s3.endpoint_url} (bucket 'stablecog', connection aws_default)\n" if s3 else "")
+                    + f"  DAGs            {dags}\n"
+                    f"  sample images   {home / 'incoming'} (the scheduled-batch example's source)\n"
+                    f"  logs            {stack.log_dir} (services), {stack.logs_folder} (tasks)\n"
+                    "\n  Ctrl-C stops everything.",
+                    flush=True,
+                )
+                while not stop_requested:
+                    for service in stack.services.values():
+                        if not service.alive():
+                            print(f"!! {service.name} exited:\n{service.log_tail(3000)}", file=sys.stderr)
+                            return 1
+                    time.sleep(1)
+            except KeyboardInterrupt:
+                pass
+            finally:
+                print("\n>> stopping", flush=True)
+                stack.stop()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            if s3 is not None:
+                s3.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
