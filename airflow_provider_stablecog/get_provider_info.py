@@ -5,29 +5,23 @@ from __future__ import annotations
 from typing import Any
 
 
-# The hook's defaults for the extras it owns (a test checks they match StablecogHook's).
-DEFAULT_PLAN_CONCURRENCY = 1
-DEFAULT_MAX_RETRIES = 5
-DEFAULT_RETRY_BACKOFF = 1
+# What StablecogHook uses for an empty extra, shown in the form. Literal on purpose: Airflow calls
+# get_provider_info while importing airflow.sdk, so this module must not import the client.
+# tests/test_provider_info.py checks that they match the hook's real defaults.
+CONNECTION_DEFAULTS: dict[str, float] = {
+    "timeout": 600,
+    "connect_timeout": 10,
+    "plan_concurrency": 1,
+    "rate_limit": 8,
+    "max_retries": 5,
+    "retry_backoff": 1,
+}
 
 
 def get_provider_info() -> dict[str, Any]:
     from airflow_provider_stablecog import __version__
-    from airflow_provider_stablecog.client import (
-        DEFAULT_CONNECT_TIMEOUT,
-        DEFAULT_RATE_LIMIT,
-        DEFAULT_READ_TIMEOUT,
-    )
 
-    defaults = {
-        "timeout": DEFAULT_READ_TIMEOUT,
-        "connect_timeout": DEFAULT_CONNECT_TIMEOUT,
-        "plan_concurrency": DEFAULT_PLAN_CONCURRENCY,
-        "rate_limit": DEFAULT_RATE_LIMIT,
-        "max_retries": DEFAULT_MAX_RETRIES,
-        "retry_backoff": DEFAULT_RETRY_BACKOFF,
-    }
-    empty = {key: f"{value:g}" for key, value in defaults.items()}
+    empty = {key: f"{value:g}" for key, value in CONNECTION_DEFAULTS.items()}
 
     return {
         "package-name": "airflow-provider-stablecog",

@@ -204,6 +204,9 @@ class StablecogHook(BaseHook):
     :param timeout: read timeout override in seconds (default: the connection's).
     :param max_retries: retries of transient errors override (default: the connection's); a
         sensor or trigger that polls anyway passes 0 so one check stays one request.
+    :param rate_limit_budget: seconds a call may keep waiting out 429s, which spend no retry
+        (default: the client's); a poller passes 0 so a 429 ends the check (and its Retry-After
+        delays the next one).
     """
 
     conn_name_attr = "stablecog_conn_id"
@@ -219,6 +222,7 @@ class StablecogHook(BaseHook):
         rate_limit: float | None = None,
         timeout: float | None = None,
         max_retries: int | None = None,
+        rate_limit_budget: float | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -231,6 +235,7 @@ class StablecogHook(BaseHook):
         self._rate_limit = rate_limit
         self._timeout = timeout
         self._max_retries = max_retries
+        self._rate_limit_budget = rate_limit_budget
 
     # -- connection → client -------------------------------------------------------------------
 
@@ -265,6 +270,7 @@ class StablecogHook(BaseHook):
                 max_attempts=(settings.max_retries if self._max_retries is None else self._max_retries) + 1,
                 initial_backoff=settings.retry_backoff,
                 jitter=settings.retry_backoff,
+                **({} if self._rate_limit_budget is None else {"rate_limit_budget": self._rate_limit_budget}),
             ),
         )
 

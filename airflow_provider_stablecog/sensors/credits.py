@@ -12,16 +12,23 @@ is added on top. The sensor's XCom value is the remaining credits seen by the su
 
 ``/v1/credits`` shares the per-IP rate budget with the upscales, so poll sparingly (the default
 ``poke_interval`` is 60 s) or defer (``deferrable=True``) to free the worker slot.
+
+Every mode runs Airflow's own sensor loop (``BaseSensorOperator.execute``), so ``soft_fail``,
+``never_fail``, ``silent_fail``, ``timeout`` and ``exponential_backoff`` are Airflow's; with
+``deferrable=True`` the first poke that is not enough defers to :class:`StablecogCreditsTrigger`,
+and Airflow's ``resume_execution`` applies ``soft_fail``/``never_fail`` to the trigger's outcome.
+The poke and the trigger read the balance through the same hook and client and classify failures
+the same way (:func:`~airflow_provider_stablecog.hooks.stablecog.classify_credits_error`).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseSensorOperator, PokeReturnValue, conf
 
@@ -33,7 +40,6 @@ if TYPE_CHECKING:
 DEFAULT_CONN_ID = "stablecog_default"
 DEFAULT_POKE_INTERVAL = 60.0
 EVENT_STATUSES = ("success", "timeout", "error")
-_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -128,8 +134,9 @@ class StablecogCreditsSensor(BaseSensorOperator):
     def hook(self) -> StablecogHook:
         from airflow_provider_stablecog.hooks.stablecog import StablecogHook
 
-        # one poke is one check: the sensor polls again anyway, so no retries inside it
-        return StablecogHook(stablecog_conn_id=self.stablecog_conn_id, max_retries=0)
+        # one poke is one request: the sensor polls again anyway, so no retries (not even of a 429)
+        # inside it; the trigger builds the same hook
+        return StablecogHook(stablecog_conn_id=self.stablecog_conn_id, max_retries=0, rate_limit_budget=0)
 
     # -- the requirement -----------------------------------------------------------------------
 
@@ -171,35 +178,44 @@ class StablecogCreditsSensor(BaseSensorOperator):
     # -- one check -------------------------------------------------------------------------------
 
     def poke(self, context: Context) -> PokeReturnValue:
-        """One ``/v1/credits`` call; done when ``remaining >= needed + reserve``."""
-        return self.check(self.requirement())
+        """One ``/v1/credits`` call; done when ``remaining >= needed + reserve``.
+
+        With ``deferrable=True`` a check that is not enough defers to the trigger (raises
+        ``TaskDeferred``) instead of returning.
+        """
+        requirement = self.requirement()
+        result = self.check(requirement)
+        if self.deferrable and not result.is_done:
+            self._defer(requirement)
+        return result
 
     def check(self, requirement: CreditRequirement) -> PokeReturnValue:
         """Compare the balance with ``requirement``; XCom value = the remaining credits.
+
+        A transient failure (429, 5xx, connection error, an answer that is not JSON) is not done
+        yet; anything else that is not fatal is raised.
 
         :raises AirflowFailException: the API key was rejected (401/403) or the connection is wrong.
         """
         from airflow.sdk.exceptions import AirflowFailException
 
-        from airflow_provider_stablecog.exceptions import (
-            StablecogAuthError,
-            StablecogConfigError,
-            is_retryable,
-        )
+        from airflow_provider_stablecog.exceptions import StablecogAuthError
+        from airflow_provider_stablecog.hooks.stablecog import classify_credits_error
 
         try:
             remaining = self.hook.get_credits().total_remaining_credits
-        except StablecogAuthError as exc:
-            raise AirflowFailException(
-                f"Stablecog rejected the API key of connection {self.stablecog_conn_id!r}: {exc}. "
-                "Waiting will not fix a bad key: fix the connection, then clear this task."
-            ) from None
-        except StablecogConfigError as exc:
-            raise AirflowFailException(
-                f"Connection {self.stablecog_conn_id!r} is not usable: {exc}"
-            ) from None
         except Exception as exc:
-            if not is_retryable(exc):
+            kind = classify_credits_error(exc)
+            if kind == "fatal" and isinstance(exc, StablecogAuthError):
+                raise AirflowFailException(
+                    f"Stablecog rejected the API key of connection {self.stablecog_conn_id!r}: {exc}. "
+                    "Waiting will not fix a bad key: fix the connection, then clear this task."
+                ) from None
+            if kind == "fatal":
+                raise AirflowFailException(
+                    f"Connection {self.stablecog_conn_id!r} is not usable: {exc}"
+                ) from None
+            if kind == "error":
                 raise
             self.log.warning("Could not read the Stablecog credits (will check again): %s", exc)
             return PokeReturnValue(is_done=False)
@@ -217,15 +233,9 @@ class StablecogCreditsSensor(BaseSensorOperator):
 
     # -- execution -------------------------------------------------------------------------------
 
-    def execute(self, context: Context) -> Any:
-        if not self.deferrable:
-            return super().execute(context)
+    def _defer(self, requirement: CreditRequirement) -> None:
         from airflow_provider_stablecog.triggers.credits import StablecogCreditsTrigger
 
-        requirement = self._guarded(self.requirement)
-        first = self._guarded(lambda: self.check(requirement), poke=True)  # no deferral if enough now
-        if first.is_done:
-            return first.xcom_value
         self.log.info(
             "Deferring until %d credits are available (timeout %.0f s)", requirement.total, self.timeout
         )
@@ -240,42 +250,15 @@ class StablecogCreditsSensor(BaseSensorOperator):
             timeout=timedelta(seconds=self.timeout),
         )
 
-    def _guarded(self, fn: Callable[[], _T], *, poke: bool = False) -> _T:
-        """Run ``fn`` with BaseSensorOperator's poke semantics for soft_fail, never_fail, silent_fail."""
-        from airflow.sdk.exceptions import (
-            AirflowFailException,
-            AirflowSensorTimeout,
-            AirflowSkipException,
-            AirflowTaskTimeout,
-        )
-
-        try:
-            return fn()
-        except (AirflowFailException, AirflowSensorTimeout, AirflowTaskTimeout) as exc:
-            if self.soft_fail or self.never_fail:
-                raise AirflowSkipException(f"Skipping because soft_fail/never_fail is set: {exc}") from exc
-            raise
-        except AirflowSkipException:
-            raise
-        except Exception as exc:
-            if poke and self.silent_fail:
-                self.log.exception("Sensor poke failed (silent_fail is set)")
-                return PokeReturnValue(is_done=False)  # type: ignore[return-value]
-            if self.never_fail:
-                raise AirflowSkipException(f"Skipping because never_fail is set: {exc}") from exc
-            raise
-
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> int:
-        """Resume after the trigger: return the remaining credits, or fail/skip with its message.
+        """Resume after the trigger: return the remaining credits, or fail with its message.
+
+        ``soft_fail``/``never_fail`` turn a failure here into a skip in Airflow's own
+        ``BaseSensorOperator.resume_execution``.
 
         :param event: the trigger's payload, ``{"status": "success"|"timeout"|"error", ...}``.
         """
-        from airflow.sdk.exceptions import (
-            AirflowException,
-            AirflowFailException,
-            AirflowSensorTimeout,
-            AirflowSkipException,
-        )
+        from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSensorTimeout
 
         if not isinstance(event, dict) or event.get("status") not in EVENT_STATUSES:
             raise AirflowException(
@@ -292,11 +275,7 @@ class StablecogCreditsSensor(BaseSensorOperator):
             )
             return remaining
         if status == "timeout":
-            if self.soft_fail or self.never_fail:
-                raise AirflowSkipException(f"Skipping because soft_fail/never_fail is set: {message}")
             raise AirflowSensorTimeout(message or f"{self.task_id}: timed out waiting for Stablecog credits")
-        if self.soft_fail or self.never_fail:
-            raise AirflowSkipException(f"Skipping because soft_fail/never_fail is set: {message}")
         if event.get("fatal"):
             raise AirflowFailException(message)  # retrying cannot help (bad key, bad connection)
         raise AirflowException(message or f"{self.task_id}: StablecogCreditsTrigger failed")

@@ -9,9 +9,12 @@ Events (one per run, then the trigger returns):
 * ``{"status": "error", "message": ..., "fatal": bool}``: a rejected key or unusable connection
   (``fatal``: retrying cannot help), an unknown API answer, or an unexpected exception.
 
-Transient errors (429, 5xx, connection errors) are logged and polled again; a 429's Retry-After
-is honoured. httpx is used through :meth:`StablecogHook.aget_credits`, so the event loop is never
-blocked.
+Each check is :meth:`StablecogHook.aget_credits`: the same client, the same error classes and the
+same classification (:func:`~airflow_provider_stablecog.hooks.stablecog.classify_credits_error`) as
+the sensor's poke, run in a worker thread so the triggerer's event loop is never blocked. So a
+poking and a deferred sensor end the same way on the same answer: transient errors (429, 5xx,
+connection errors, a 200 that is not JSON) are logged and polled again, a 429's Retry-After is
+honoured; a rejected key is a fatal error; any other answer is an error.
 """
 
 from __future__ import annotations
@@ -95,27 +98,22 @@ class StablecogCreditsTrigger(BaseTrigger):
         return
 
     async def _wait(self) -> dict[str, Any]:
-        from airflow_provider_stablecog.exceptions import (
-            StablecogAuthError,
-            StablecogConfigError,
-            StablecogError,
-            is_retryable,
-        )
-        from airflow_provider_stablecog.hooks.stablecog import StablecogHook
+        from airflow_provider_stablecog.hooks.stablecog import StablecogHook, classify_credits_error
 
-        hook = StablecogHook(stablecog_conn_id=self.conn_id)
+        # one check is one request: the trigger polls again anyway (as the sensor's poke does)
+        hook = StablecogHook(stablecog_conn_id=self.conn_id, max_retries=0, rate_limit_budget=0)
         remaining: int | None = None
         while True:
             delay = self.poke_interval
             try:
                 remaining = (await hook.aget_credits()).total_remaining_credits
-            except (StablecogAuthError, StablecogConfigError) as exc:
-                return self._error(exc, fatal=True)
-            except StablecogError as exc:
-                if not is_retryable(exc):
-                    return self._error(exc, fatal=False)
-                if exc.retry_after:
-                    delay = max(delay, exc.retry_after)  # never poll again before Retry-After
+            except Exception as exc:
+                kind = classify_credits_error(exc)
+                if kind != "transient":
+                    return self._error(exc, fatal=kind == "fatal")
+                retry_after = getattr(exc, "retry_after", None)
+                if retry_after:
+                    delay = max(delay, retry_after)  # never poll again before Retry-After
                 self.log.warning(
                     "Could not read the Stablecog credits (next check in %.1f s): %s", delay, exc
                 )
@@ -137,10 +135,16 @@ class StablecogCreditsTrigger(BaseTrigger):
             await asyncio.sleep(min(delay, left))
 
     def _error(self, exc: Exception, *, fatal: bool) -> dict[str, Any]:
+        from airflow_provider_stablecog.exceptions import StablecogError
+
         what = "fix the connection, then clear the task" if fatal else "check the Stablecog service"
+        text = str(exc)
+        if not isinstance(exc, StablecogError):
+            text = f"{type(exc).__name__}: {exc}"
+            self.log.error("Unexpected error reading the Stablecog credits: %s", text)
         return {
             "status": "error",
             "fatal": fatal,
             "code": getattr(exc, "code", None),
-            "message": f"Could not read the credits of connection {self.conn_id!r}: {exc}. {what}.",
+            "message": f"Could not read the credits of connection {self.conn_id!r}: {text}. {what}.",
         }

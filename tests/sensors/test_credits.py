@@ -336,8 +336,42 @@ def test_deferrable_auth_error_fails_before_deferring(conn, requests_mock):
 def test_deferrable_bad_value_with_soft_fail_skips(conn, requests_mock):
     sensor = make(min_credits="{{ x }}", deferrable=True, soft_fail=True)
     sensor.min_credits = "-4"
-    with pytest.raises(AirflowSkipException, match="min_credits must be >= 0"):
+    with pytest.raises(AirflowSkipException, match="soft_fail") as info:
         sensor.execute({})
+    assert "min_credits must be >= 0" in str(info.value.__cause__)  # Airflow's own soft_fail handling
+    assert requests_mock.call_count == 0
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        pytest.param({"soft_fail": True}, AirflowSkipException, id="soft_fail"),
+        pytest.param({"never_fail": True}, AirflowSkipException, id="never_fail"),
+        pytest.param({}, AirflowFailException, id="neither"),
+    ],
+)
+def test_deferrable_first_check_uses_airflows_fail_handling(conn, requests_mock, flags, expected):
+    requests_mock.get(CREDITS_URL, status_code=401, json={"error": "Unauthorized"})
+    with pytest.raises(expected):
+        make(min_credits=5, deferrable=True, **flags).execute({})
+
+
+def test_deferrable_silent_fail_keeps_poking_then_defers(conn, requests_mock):
+    """silent_fail is Airflow's: an unknown answer on the first check is logged and poked again."""
+    requests_mock.get(CREDITS_URL, [{"status_code": 404, "text": "not found"}, balance(1)])
+    with pytest.raises(TaskDeferred):
+        make(min_credits=5, deferrable=True, silent_fail=True, poke_interval=0.01).execute({})
+    assert requests_mock.call_count == 2
+
+
+def test_no_own_soft_fail_handling():
+    """soft_fail/never_fail/silent_fail are left to BaseSensorOperator (execute, resume_execution)."""
+    import inspect
+
+    source = inspect.getsource(StablecogCreditsSensor)
+    for flag in ("soft_fail", "never_fail", "silent_fail"):
+        assert f"self.{flag}" not in source, flag
+    assert "execute" not in StablecogCreditsSensor.__dict__  # Airflow's poke loop in every mode
 
 
 def test_deferrable_default_comes_from_config():
@@ -389,9 +423,20 @@ def test_execute_complete_error(fatal, expected):
 
 
 @pytest.mark.parametrize("status", ["timeout", "error"])
-def test_execute_complete_soft_fail_skips(status):
-    with pytest.raises(AirflowSkipException, match="soft_fail"):
-        make(min_credits=5, soft_fail=True).execute_complete({}, {"status": status, "message": "m"})
+@pytest.mark.parametrize("flag", ["soft_fail", "never_fail"])
+def test_resumed_failure_with_soft_fail_skips(status, flag):
+    """Airflow's resume_execution turns execute_complete's failure into a skip."""
+    sensor = make(min_credits=5, **{flag: True})
+    event = {"status": status, "message": "m", "fatal": True}
+    with pytest.raises(AirflowSkipException, match=flag):
+        sensor.resume_execution("execute_complete", {"event": event}, {})
+    with pytest.raises(AirflowException):  # without the flag it fails
+        make(min_credits=5).resume_execution("execute_complete", {"event": event}, {})
+
+
+def test_resumed_success_returns_remaining():
+    event = {"status": "success", "remaining_credits": 17, "required": 5}
+    assert make(min_credits=5, soft_fail=True).resume_execution("execute_complete", {"event": event}, {}) == 17
 
 
 def test_resume_execution_turns_trigger_timeout_into_sensor_timeout():

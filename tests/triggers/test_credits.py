@@ -263,12 +263,44 @@ def test_unknown_answer_is_an_error_event(server):
     assert "http_404" in payload["message"]
 
 
-def test_unexpected_exception_becomes_an_error_event(server):
-    server.script = [(200, {}, "this is not JSON")]
+def test_non_json_200_keeps_polling_like_the_poking_sensor(server):
+    """A proxy page (200, not JSON) is transient for the client, so the trigger polls again."""
+    server.balance = 3
+    server.script = [(200, {"Content-Type": "text/html"}, "<html>captive portal</html>")]
     payload = asyncio.run(only_event(trigger(required=1)))
-    assert payload["status"] == "error"
-    assert payload["fatal"] is False
-    assert "credits trigger failed" in payload["message"]
+    assert payload["status"] == "success"
+    assert server.hit_count() == 2
+
+
+def test_unexpected_exception_becomes_an_error_event(server, monkeypatch):
+    from airflow_provider_stablecog.hooks.stablecog import StablecogHook
+
+    async def broken(self):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(StablecogHook, "aget_credits", broken)
+    payload = asyncio.run(only_event(trigger(required=1)))
+    assert (payload["status"], payload["fatal"]) == ("error", False)
+    assert "RuntimeError: boom" in payload["message"]
+
+
+def test_one_check_is_one_request(server):
+    """No client retries inside a check: the trigger polls again anyway (as the sensor's poke)."""
+    server.balance = 5
+    server.script = [(503, {"Content-Type": "text/html"}, "<html>down</html>")]
+    hits_at_first_poll = []
+
+    async def scenario():
+        runner = trigger(required=5, poke_interval=0.5).run()
+        task = asyncio.ensure_future(runner.__anext__())
+        await asyncio.sleep(0.3)  # inside the first poke interval
+        hits_at_first_poll.append(server.hit_count())
+        event = await asyncio.wait_for(task, RUN_TIMEOUT)
+        await runner.aclose()
+        return event.payload
+
+    assert asyncio.run(scenario())["status"] == "success"
+    assert hits_at_first_poll == [1]
 
 
 def test_end_time_passed_gives_timeout(server):
