@@ -170,7 +170,11 @@ def serve(config: EmulatorConfig, sock: socket.socket, host: str, log_level: str
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
     )
     if access_log:  # uvicorn sets its access logger to log_level (warning by default): show requests
-        logging.getLogger("uvicorn.access").setLevel(logging.INFO)
+        access = logging.getLogger("uvicorn.access")
+        access.setLevel(logging.INFO)
+        for handler in access.handlers:  # to stderr as --help says; stdout has only the ready line
+            if isinstance(handler, logging.StreamHandler):
+                handler.setStream(sys.stderr)
     server = _ready_server_class()(uv_config, lambda: _announce(url, config.api_key, config.plan_concurrency))
     _quiet_after_shutdown(server)
     try:
