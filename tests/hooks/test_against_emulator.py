@@ -50,7 +50,7 @@ def test_must_show_upscale_is_4x_and_costs_one_credit(emu):
 
 
 def test_test_connection_and_uri_form(emu, monkeypatch):
-    assert StablecogHook().test_connection() == (True, "Connected: 50 credits remaining")
+    assert StablecogHook().test_connection() == (True, f"Connected to {emu.base_url}: 50 credits remaining")
     monkeypatch.setenv("AIRFLOW_CONN_STABLECOG_DEFAULT", emu.connection_uri())
     assert StablecogHook().test_connection()[0] is True
 
