@@ -52,10 +52,15 @@ def test_killed_upscale_resumes_without_paying_twice(stack, plan2_emulator, tmp_
     stack.wait_run(dag_id, run_id, 400, check=True)
     ti = stack.task_instance(dag_id, run_id, "upscale")
     assert ti["try_number"] == 2, ti
+    results = stack.xcom(dag_id, run_id, "upscale")
+    assert len(results) == 60 and {r["status"] for r in results} <= {"upscaled", "skipped"}, [
+        (r["input"], r["status"], r.get("error")) for r in results if r["status"] not in ("upscaled", "skipped")
+    ]
+    assert len(list(dest.glob("*.jpg"))) == 60
     manifest = read_manifest(dest)
-    assert len(manifest) == 60
+    undelivered = [(r["input"], r["status"]) for r in manifest.values() if not r.get("path")]
+    assert len(manifest) == 60 and not undelivered, undelivered
     for record in manifest.values():
-        assert record.get("path"), record
         assert Path(str(record["path"]).removeprefix("file://")).is_file(), record
     net = emulator.ledger()["net_charged"]
     assert net - 60 <= in_flight_at_kill, (net, in_flight_at_kill)
