@@ -253,8 +253,26 @@ class StablecogHook(BaseHook):
 
     @property
     def pool_size(self) -> int:
-        """The connection pool size the hook's client gets (the ``pool_size`` argument or plan + 2)."""
+        """The connection pool size the hook's client gets (the ``pool_size`` argument or plan + 2).
+
+        May be set until :attr:`client` is first used, e.g. once the plan concurrency is known::
+
+            hook.pool_size = hook.plan_concurrency + 4
+        """
+        if "client" in self.__dict__:
+            return self.client.pool_size
         return self._pool_size or self.settings.plan_concurrency + 2
+
+    @pool_size.setter
+    def pool_size(self, value: int) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"pool_size must be an int >= 1, got {value!r}")
+        if "client" in self.__dict__:
+            raise RuntimeError(
+                "StablecogHook.pool_size must be set before the hook's client is first used; "
+                "pass pool_size= to StablecogHook() or set it earlier"
+            )
+        self._pool_size = value
 
     def _make_client(self, settings: StablecogConnectionSettings) -> StablecogClient:
         from airflow_provider_stablecog.client import RetryPolicy, StablecogClient

@@ -120,6 +120,17 @@ def test_pool_size_is_a_constructor_argument(stablecog_conn):
     assert hook.client.pool_size == 12
 
 
+def test_pool_size_can_be_set_until_the_client_is_used(stablecog_conn):
+    stablecog_conn(extra={"plan_concurrency": 4})
+    hook = StablecogHook()
+    hook.pool_size = hook.plan_concurrency + 4
+    assert hook.client.pool_size == 8 == hook.pool_size
+    with pytest.raises(RuntimeError, match="before the hook's client is first used"):
+        hook.pool_size = 20
+    with pytest.raises(ValueError, match="pool_size"):
+        StablecogHook().pool_size = 0
+
+
 @pytest.mark.parametrize("kwargs", [{"pool_size": 0}, {"pool_size": 2.5}, {"pool_size": True}, {"max_retries": -1}])
 def test_bad_constructor_arguments(kwargs):
     with pytest.raises(ValueError, match=next(iter(kwargs))):
