@@ -28,6 +28,8 @@ from typing import Any
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 CLASS_PATH = "airflow_provider_stablecog.triggers.credits.StablecogCreditsTrigger"
+# seconds a check may run past end_time before the trigger gives up on it and times out
+DEADLINE_GRACE = 5.0
 
 
 def _epoch(end_time: float | int | str | datetime) -> float:
@@ -98,15 +100,30 @@ class StablecogCreditsTrigger(BaseTrigger):
         return
 
     async def _wait(self) -> dict[str, Any]:
-        from airflow_provider_stablecog.hooks.stablecog import StablecogHook, classify_credits_error
+        from airflow_provider_stablecog.hooks.stablecog import StablecogHook
 
         # one check is one request: the trigger polls again anyway (as the sensor's poke does)
         hook = StablecogHook(stablecog_conn_id=self.conn_id, max_retries=0, rate_limit_budget=0)
+        try:
+            return await self._poll(hook)
+        finally:
+            client = hook.__dict__.get("client")
+            if client is not None:
+                client.close()
+
+    async def _poll(self, hook: Any) -> dict[str, Any]:
+        from airflow_provider_stablecog.hooks.stablecog import classify_credits_error
+
         remaining: int | None = None
         while True:
             delay = self.poke_interval
             try:
-                remaining = (await hook.aget_credits()).total_remaining_credits
+                # a hanging server must not hold the trigger past its deadline (the worker thread
+                # ends by itself at the connection's read timeout)
+                bound = max(self.end_time - time.time(), 0.0) + DEADLINE_GRACE
+                remaining = (await asyncio.wait_for(hook.aget_credits(), bound)).total_remaining_credits
+            except asyncio.TimeoutError:
+                self.log.warning("No answer from the Stablecog credits route before the deadline")
             except Exception as exc:
                 kind = classify_credits_error(exc)
                 if kind != "transient":

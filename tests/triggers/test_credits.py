@@ -368,3 +368,19 @@ def test_end_time_survives_a_restart(server):
 def test_timedelta_is_not_an_end_time():
     with pytest.raises(TypeError):
         StablecogCreditsTrigger("c", 1, 1.0, timedelta(seconds=5))
+
+
+def test_a_hanging_server_does_not_hold_the_trigger_past_its_deadline(stablecog_conn, monkeypatch):
+    import socket
+
+    from airflow_provider_stablecog.triggers import credits as trigger_module
+
+    monkeypatch.setattr(trigger_module, "DEADLINE_GRACE", 0.2)
+    with socket.socket() as silent:  # accepts connections and never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        stablecog_conn(host=f"http://127.0.0.1:{silent.getsockname()[1]}")  # read timeout: the default
+        started = time.monotonic()
+        payload = asyncio.run(only_event(trigger(required=1, poke_interval=0.05, in_seconds=0.5)))
+    assert payload["status"] == "timeout"
+    assert time.monotonic() - started < 3
