@@ -94,14 +94,15 @@ def test_uploads_from_5_threads_stay_within_the_upload_window(emu, tmp_path):
     assert books["rate_limited_by_class"].get("upload", 0) <= 2
 
 
-def test_the_limiter_recovers_after_a_storm(emu):
+def test_the_limiter_learns_the_server_limit_and_stops_drawing_429s(emu):
     emu.configure(rate_limit=2)
     with make_client(emu) as client:
-        run_all(client.upscale, inputs(emu, 8, tag=1))
-        slowed = client.rate_limiter.rate
-        time.sleep(2.0)
-        client.rate_limiter.delay()  # the rate grows back additively with time
-        assert client.rate_limiter.rate > slowed
+        run_all(client.upscale, inputs(emu, 6, tag=1))
+        assert client.rate_limiter.max_rate == pytest.approx(1.6)  # 80 % of X-RateLimit-Limit
+        before = emu.ledger()["rate_limited"]
+        time.sleep(1.0)
+        run_all(client.upscale, inputs(emu, 6, tag=11))
+    assert emu.ledger()["rate_limited"] - before <= 1
 
 
 # -- 2. lost answers --------------------------------------------------------------------------------
