@@ -1,16 +1,26 @@
 """The upscale engine behind :class:`~airflow_provider_stablecog.operators.upscale.UpscaleOperator`.
 
-One coordinating thread (the caller's) owns every piece of mutable state: the queue, the credit
-ledger, the results and the checkpoint. Worker threads only do I/O: a fixed pool of
-``max_concurrency`` threads uploads and upscales, a small pool downloads results. The coordinator
-starts an upscale only while
+Its public surface is small: :meth:`UpscaleBatch.plan` (what would be done, nothing sent) and
+:meth:`UpscaleBatch.run` (do it, return a :class:`BatchReport`). Everything about money goes
+through :mod:`airflow_provider_stablecog.ledger`.
 
-* fewer than ``max_concurrency`` are in flight,
-* the last known balance minus the upscales in flight stays at or above ``credit_reserve`` + 1,
+One coordinating thread (the caller's) decides what starts; worker threads do the I/O and make
+every record durable themselves, the moment something happens: a worker records the item as
+*sent* before its upscale request leaves (write-ahead), and its answer before the future
+completes. A download worker records the file. So a SIGKILL at any instant leaves, in the
+state store and at the destination, exactly which items were answered and which were in flight.
+
+The coordinator starts a paid upscale only while
+
+* fewer than ``max_concurrency`` requests are in flight,
+* ``known balance − paid requests in flight − 1 ≥ credit_reserve``, where the known balance only
+  goes **down** between fresh reads of ``/v1/credits`` (answers arrive out of charge order: an
+  older, higher ``remaining_credits`` never replaces a newer, lower one), and a fresh read is made
+  when the floor blocks work with nothing in flight (refunds may have raised it),
 * no fatal error (``insufficient_credits``, 401, 403) has been seen and no stop was requested.
 
-Every answered upscale is checkpointed before its download starts, so a retried task downloads it
-again for free instead of paying for it again.
+Items known to be free (output IDs the server already upscaled) are sent regardless of balance
+and reserve.
 """
 
 from __future__ import annotations
@@ -22,71 +32,45 @@ import time
 from collections import Counter, deque
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_stablecog.exceptions import (
     CancelledError,
     StablecogError,
     StablecogFatalError,
+    StablecogInputError,
+    StablecogResponseLostError,
     StablecogRetryableError,
 )
+from airflow_provider_stablecog.ledger import (
+    FAILED,
+    NOT_STARTED,
+    SKIPPED,
+    UPSCALED,
+    ItemRecord,
+    Ledger,
+    credits_needed,
+    image_name,
+    item_key,
+)
 from airflow_provider_stablecog.utils import images
-from airflow_provider_stablecog.utils.storage import AtomicWrite, output_file_name
+from airflow_provider_stablecog.utils.storage import AtomicWrite
 
 if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
 
     from airflow_provider_stablecog.client import StablecogClient
     from airflow_provider_stablecog.models import UpscaleResult
-    from airflow_provider_stablecog.utils.checkpoint import Checkpoint
     from airflow_provider_stablecog.utils.inputs import InputItem, InputPlan
 
-UPSCALED, SKIPPED, FAILED, NOT_STARTED = "upscaled", "skipped", "failed", "not_started"
 STOP_GRACE_SECONDS = 5.0
-# Pages of already-upscaled outputs read to know which output-ID inputs are free (300 per page).
-MAX_UPSCALED_PAGES = 20
+# Pages of generation outputs read to know which output-ID inputs are free (300 per page).
+MAX_OUTPUT_PAGES = 20
+# A lost answer is resent at most this many times per item (each may have been charged).
+MAX_LOST_ANSWERS = 2
 
-
-@dataclass
-class ItemResult:
-    """What happened to one unique input."""
-
-    key: str
-    input: str
-    status: str = NOT_STARTED
-    output_id: str | None = None
-    url: str | None = None
-    path: str | None = None
-    width: int | None = None
-    height: int | None = None
-    error: str | None = None
-    message: str | None = None
-    credits_charged: int = 0
-    finished_at: str | None = None
-
-    def fail(self, status: str, code: str, message: str) -> None:
-        self.status, self.error, self.message = status, code, message
-        self.finished_at = _now()
-
-    def manifest_record(self) -> dict[str, Any]:
-        return {
-            "input": self.input,
-            "key": self.key,
-            "status": self.status,
-            "output_id": self.output_id,
-            "url": self.url,
-            "path": self.path,
-            "width": self.width,
-            "height": self.height,
-            "error": self.error,
-            "message": self.message,
-            "credits_charged": self.credits_charged,
-            "finished_at": self.finished_at,
-        }
-
-    def checkpoint_record(self) -> dict[str, Any]:
-        return {"output_id": self.output_id, "url": self.url, "path": self.path, "width": self.width, "height": self.height}
+# kept importable for code written against provider 0.1
+ItemResult = ItemRecord
 
 
 @dataclass
@@ -97,11 +81,28 @@ class BatchOptions:
     downscale_oversized: bool = False
     progress_interval: float = 10.0
     download_concurrency: int = 4
+    #: resend items that were in flight when an earlier try died, or whose answer was lost
+    #: (each such request may have been charged: the resend is reported as possibly double-charged)
+    resend_possibly_charged: bool = True
+
+
+@dataclass
+class BatchPlan:
+    """What a run would do; :meth:`UpscaleBatch.plan` makes it without sending any upscale."""
+
+    to_upscale: list[str]
+    to_download: list[str]
+    skipped: list[str]
+    preflight_failed: list[str]
+    free: set[str]
+    in_flight_at_crash: list[str]
+    credits_needed: int
+    charged_before: int
 
 
 @dataclass
 class BatchReport:
-    results: dict[str, ItemResult]
+    results: dict[str, ItemRecord]
     credits_start: int | None
     credits_end: int | None
     elapsed: float
@@ -109,17 +110,28 @@ class BatchReport:
     stopped: bool = False
     max_in_flight: int = 0
     counts: Counter = field(default_factory=Counter)
+    charged_now: int = 0
+    charged_before: int = 0
+    possibly_double_charged: int = 0
+    in_flight_at_crash: int = 0
+    balance_measured_after: int | None = None
+    permanent_failures: set[str] = field(default_factory=set)
+    #: an input's identity (``InputItem.key``) → its ledger key
+    key_of: dict[str, str] = field(default_factory=dict)
+
+    def result_for(self, identity: str) -> ItemRecord:
+        return self.results[self.key_of[identity]]
 
     @property
     def upscaled_now(self) -> int:
         return self.counts.get(UPSCALED, 0)
 
-    def failures(self) -> list[ItemResult]:
+    def failures(self) -> list[ItemRecord]:
         return [r for r in self.results.values() if r.status == FAILED]
 
 
 class UpscaleBatch:
-    """Run one batch. ``previous`` holds records of items done in earlier tries or runs."""
+    """One batch: ``plan()`` then ``run(credits_start)``; ``ledger`` holds what earlier tries did."""
 
     def __init__(
         self,
@@ -128,68 +140,120 @@ class UpscaleBatch:
         options: BatchOptions,
         *,
         destination: ObjectStoragePath | None = None,
-        checkpoint: Checkpoint | None = None,
-        previous: dict[str, dict[str, Any]] | None = None,
+        ledger: Ledger | None = None,
         log: logging.Logger | None = None,
         stop_event: threading.Event | None = None,
     ) -> None:
         self.client = client
-        self.plan = plan
+        self.inputs = plan
         self.options = options
         self.destination = destination
-        self.checkpoint = checkpoint
-        self.previous = previous or {}
         self.log = log or logging.getLogger(__name__)
+        self.ledger = ledger or Ledger(destination=destination, log=self.log)
         self.stop_event = stop_event or threading.Event()
-        self.results = {key: ItemResult(key=key, input=item.display) for key, item in plan.unique.items()}
+        #: ledger key → the input it stands for, and the input's identity → its ledger key
+        self.items: dict[str, InputItem] = {}
+        self.key_of: dict[str, str] = {}
+        for identity, item in plan.unique.items():
+            key = item_key(identity, options.model_id)
+            self.items[key] = item
+            self.key_of[identity] = key
+        self.results: dict[str, ItemRecord] = {}
         self._uploads: dict[str, tuple[bytes | None, str]] = {}
-        self.free_keys: set[str] = set()
+        self._crash_pending: dict[str, list[str]] = {}
+        self._lost: Counter[str] = Counter()
+        self._permanent: set[str] = set()
+        self._plan: BatchPlan | None = None
+        self._lock = threading.Lock()
+
+    def result_for(self, identity: str) -> ItemRecord:
+        """The record of an input (by :attr:`InputItem.key`)."""
+        return self.results[self.key_of[identity]]
 
     # -- planning --------------------------------------------------------------------------------
 
-    def classify(self) -> tuple[list[str], list[str]]:
-        """Split unique keys into (to upscale, to download only); mark skipped and pre-flight failures."""
+    def plan(self) -> BatchPlan:
+        """Read the ledger, pre-check local files, find free output IDs; send no upscale."""
+        known = self.ledger.load(self.items)
         to_upscale: list[str] = []
         to_download: list[str] = []
-        for key, item in self.plan.unique.items():
-            result = self.results[key]
-            done = self.previous.get(key)
-            if done and done.get("url"):
-                self._apply_previous(result, done)
-                if self.destination is not None and not self._file_present(result):
+        skipped: list[str] = []
+        failed: list[str] = []
+        crashed: list[str] = []
+        for key, item in self.items.items():
+            record = known.get(key)
+            if record is None:
+                record = ItemRecord(key=key, input=item.display, model_id=self.options.model_id)
+            else:
+                record.input, record.model_id = item.display, self.options.model_id
+                record.error = record.message = None
+            self.results[key] = record
+            if record.paid:
+                if self.destination is not None and not self.ledger.image_present(key):
                     to_download.append(key)
                 else:
-                    result.status = SKIPPED
+                    record.status = SKIPPED
+                    skipped.append(key)
                 continue
-            if item.needs_upload and not self._preflight_local(item, result):
+            if record.in_flight_at_crash:
+                crashed.append(key)
+                if not self.options.resend_possibly_charged:
+                    record.fail(
+                        NOT_STARTED,
+                        "possibly_charged",
+                        f"{record.input}: in flight when an earlier try ended, so it may have been charged; "
+                        "not sent again because resend_possibly_charged=False. Look for it in Stablecog, or "
+                        "set resend_possibly_charged=True (it may then be charged twice)",
+                    )
+                    continue
+                self._crash_pending[key] = list(record.pending)
+            record.status = NOT_STARTED
+            if item.needs_upload and not self._preflight_local(item, record):
+                failed.append(key)
                 continue
             to_upscale.append(key)
-        self.free_keys = self._already_upscaled([k for k in to_upscale if self.plan.unique[k].kind == "output_id"])
-        return to_upscale, to_download
+        free = self._already_upscaled([k for k in to_upscale if self.items[k].kind == "output_id"])
+        charged_before = sum(r.credits_charged for r in self.results.values())
+        self._plan = BatchPlan(
+            to_upscale=to_upscale,
+            to_download=to_download,
+            skipped=skipped,
+            preflight_failed=failed,
+            free=free,
+            in_flight_at_crash=crashed,
+            credits_needed=credits_needed(to_upscale, known, free),
+            charged_before=charged_before,
+        )
+        if crashed:
+            self.log.warning(
+                "%d item(s) were in flight when an earlier try ended (they may have been charged): %s",
+                len(crashed),
+                "resending them; each is reported as possibly double-charged if it was"
+                if self.options.resend_possibly_charged
+                else "not resending them (resend_possibly_charged=False)",
+            )
+        return self._plan
 
     def _already_upscaled(self, output_keys: list[str]) -> set[str]:
-        """Output IDs among the inputs that are already upscaled: Stablecog answers those for free."""
+        """Output-ID inputs whose output already has an upscaled image: Stablecog answers those free.
+
+        The server validates ``upscaled=only`` but does not filter the page by it, so every listed
+        output is checked for its ``upscaled_image_url`` here.
+        """
         if not output_keys:
             return set()
-        wanted, found = set(output_keys), set()
+        wanted = {self.items[k].value.lower(): k for k in output_keys}
+        found: set[str] = set()
         try:
-            for output in self.client.iter_generation_outputs(per_page=300, upscaled="only", limit=300 * MAX_UPSCALED_PAGES):
-                if output.id.lower() in wanted:
-                    found.add(output.id.lower())
+            for output in self.client.iter_generation_outputs(per_page=300, upscaled="only", limit=300 * MAX_OUTPUT_PAGES):
+                key = wanted.get(output.id.lower())
+                if key is not None and output.is_upscaled:
+                    found.add(key)
         except StablecogError as exc:
             self.log.info("Could not list upscaled outputs (%s); output IDs are counted as 1 credit each", exc.code)
         return found
 
-    def _apply_previous(self, result: ItemResult, done: dict[str, Any]) -> None:
-        for name in ("output_id", "url", "path", "width", "height"):
-            setattr(result, name, done.get(name))
-
-    def _file_present(self, result: ItemResult) -> bool:
-        if not result.path or self.destination is None:
-            return False
-        return (self.destination / os.path.basename(result.path)).exists()
-
-    def _preflight_local(self, item: InputItem, result: ItemResult) -> bool:
+    def _preflight_local(self, item: InputItem, result: ItemRecord) -> bool:
         """Check a file to upload with Pillow; remember downscaled bytes when allowed."""
         try:
             path = _open_source(item)
@@ -200,43 +264,56 @@ class UpscaleBatch:
                 info = images.inspect_image(fh, size)
             try:
                 images.check_limits(info)
-                self._uploads[item.key] = (None, info.content_type)
+                self._uploads[result.key] = (None, info.content_type)
             except images.ImageCheckError:
                 if not self.options.downscale_oversized:
                     raise
                 with path.open("rb") as fh:
                     data, fitted = images.fit_within_limits(fh)
                 self.log.info("Downscaled %s from %dx%d to %dx%d to fit Stablecog's limits", item.display, info.width, info.height, fitted.width, fitted.height)
-                self._uploads[item.key] = (data, fitted.content_type)
+                self._uploads[result.key] = (data, fitted.content_type)
         except FileNotFoundError:
-            result.fail(FAILED, "file_not_found", f"{item.display}: no such file; check the path (the upstream task may have moved it)")
+            self._fail_permanent(result, "file_not_found", f"{item.display}: no such file; check the path (the upstream task may have moved it)")
             return False
         except IsADirectoryError:
-            result.fail(FAILED, "not_a_file", f"{item.display}: a directory, not an image file; list the files in it instead")
+            self._fail_permanent(result, "not_a_file", f"{item.display}: a directory, not an image file; list the files in it instead")
             return False
         except images.ImageCheckError as exc:
-            result.fail(FAILED, exc.code, f"{item.display}: {exc}")
+            self._fail_permanent(result, exc.code, f"{item.display}: {exc}")
             return False
         except (OSError, ValueError) as exc:
             result.fail(FAILED, "unreadable_file", f"{item.display}: cannot be read ({type(exc).__name__}: {exc}); check its permissions and storage connection (an s3:// or gs:// path needs its Airflow provider installed)")
+            self.log.warning("Not sent: %s", result.message)
             return False
         return True
 
+    def _fail_permanent(self, result: ItemRecord, code: str, message: str) -> None:
+        result.fail(FAILED, code, message)
+        self._permanent.add(result.key)
+        self.log.warning("Not sent: %s", message)
+
     # -- running -----------------------------------------------------------------------------------
 
-    def run(self, to_upscale: list[str], to_download: list[str], credits_start: int | None) -> BatchReport:
+    def run(self, credits_start: int | None) -> BatchReport:
+        """Upscale and download what :meth:`plan` found; return the report (ledger saved)."""
+        plan = self._plan or self.plan()
         start = time.monotonic()
         self._balance = credits_start
         self._fatal: StablecogError | None = None
         self._max_in_flight = 0
-        self._progress = _Progress(self.log, len(to_upscale) + len(to_download), self.options.progress_interval)
-        pending = deque(to_upscale)
+        self._charged_now = 0
+        self._double_now = 0
+        self._sent_any = False
+        self._fresh_read_done = False
+        self._progress = _Progress(self.log, len(plan.to_upscale) + len(plan.to_download), self.options.progress_interval)
+        # free items first: they need no credit and never block on the floor
+        pending = deque(sorted(plan.to_upscale, key=lambda k: k not in plan.free))
         upscales: dict[Future, str] = {}
         downloads: dict[Future, str] = {}
         up_pool = ThreadPoolExecutor(self.options.max_concurrency, thread_name_prefix="stablecog-upscale")
         down_pool = ThreadPoolExecutor(self.options.download_concurrency, thread_name_prefix="stablecog-download")
         try:
-            for key in to_download:
+            for key in plan.to_download:
                 downloads[down_pool.submit(self._download, key)] = key
             while pending or upscales or downloads:
                 if self.stop_event.is_set():
@@ -244,49 +321,97 @@ class UpscaleBatch:
                     break
                 self._dispatch(pending, upscales, up_pool)
                 if not upscales and not downloads:
+                    if pending and self._refresh_balance():
+                        continue
                     break  # nothing in flight and nothing may start: the rest is not started
                 done, _ = wait([*upscales, *downloads], timeout=0.5, return_when=FIRST_COMPLETED)
                 for future in done:
                     if future in upscales:
-                        self._on_upscaled(upscales.pop(future), future, downloads, down_pool)
+                        self._on_upscaled(upscales.pop(future), future, downloads, down_pool, pending)
                     else:
                         self._on_downloaded(downloads.pop(future), future)
                 self._progress.maybe_log(self._balance)
-                if self.checkpoint is not None:
-                    self.checkpoint.maybe_flush()
             self._mark_not_started(pending)
         finally:
-            up_pool.shutdown(wait=not self.stop_event.is_set(), cancel_futures=True)
-            down_pool.shutdown(wait=not self.stop_event.is_set(), cancel_futures=True)
-            if self.checkpoint is not None:
-                self.checkpoint.flush()
-        counts = Counter(r.status for r in self.results.values())
+            stopping = self.stop_event.is_set()
+            up_pool.shutdown(wait=not stopping, cancel_futures=True)
+            down_pool.shutdown(wait=not stopping, cancel_futures=True)
+            self._finish_ledger()
+        measured = None
+        if self._sent_any and not stopping and self._fatal is None:
+            try:
+                measured = self.client.get_credits().total_remaining_credits
+            except StablecogError as exc:
+                self.log.info("Could not read the balance after the batch (%s)", exc.code)
         return BatchReport(
             results=self.results,
             credits_start=credits_start,
-            credits_end=self._balance,
+            credits_end=measured if measured is not None else self._balance,
             elapsed=time.monotonic() - start,
             fatal=self._fatal,
-            stopped=self.stop_event.is_set(),
+            stopped=stopping,
             max_in_flight=self._max_in_flight,
-            counts=counts,
+            counts=Counter(r.status for r in self.results.values()),
+            charged_now=self._charged_now,
+            charged_before=plan.charged_before,
+            possibly_double_charged=self._double_now,
+            in_flight_at_crash=len(plan.in_flight_at_crash),
+            balance_measured_after=measured,
+            permanent_failures=set(self._permanent),
+            key_of=dict(self.key_of),
         )
 
-    def _may_start(self, in_flight: int) -> bool:
+    def _finish_ledger(self) -> None:
+        try:
+            target = self.ledger.finish([r for r in self.results.values() if r.status == FAILED and r.rev is None])
+        except OSError as exc:
+            self.log.warning(
+                "Could not write the ledger segment or manifest (%s: %s); every item record is already durable, "
+                "the next try reads them", type(exc).__name__, exc,
+            )
+            return
+        if target is not None:
+            self.log.info("Manifest: %s", target)
+
+    def _is_free(self, key: str) -> bool:
+        return self._plan is not None and key in self._plan.free
+
+    def _may_start(self, key: str, paid_in_flight: int) -> bool:
         if self._fatal is not None or self.stop_event.is_set():
             return False
-        if self._balance is None:
+        if self._is_free(key) or self._balance is None:
             return True
-        return self._balance - in_flight - 1 >= self.options.credit_reserve
+        return self._balance - paid_in_flight - 1 >= self.options.credit_reserve
 
     def _dispatch(self, pending: deque[str], upscales: dict[Future, str], pool: ThreadPoolExecutor) -> None:
-        while pending and len(upscales) < self.options.max_concurrency and self._may_start(len(upscales)):
+        paid_in_flight = sum(1 for k in upscales.values() if not self._is_free(k))
+        while pending and len(upscales) < self.options.max_concurrency and self._may_start(pending[0], paid_in_flight):
             key = pending.popleft()
+            paid_in_flight += 0 if self._is_free(key) else 1
             upscales[pool.submit(self._upscale, key)] = key
+            self._sent_any = True
         self._max_in_flight = max(self._max_in_flight, len(upscales))
 
+    def _refresh_balance(self) -> bool:
+        """The floor blocks work with nothing in flight: read ``/v1/credits`` once; True if it helps."""
+        if self._fresh_read_done or self._fatal is not None or self.stop_event.is_set() or self._balance is None:
+            return False
+        self._fresh_read_done = True
+        try:
+            fresh = self.client.get_credits().total_remaining_credits
+        except StablecogError as exc:
+            self.log.info("Could not re-read the balance (%s)", exc.code)
+            return False
+        if fresh > self._balance:
+            self.log.info("Balance re-read: %d credits (was %d by the last answer; refunds?)", fresh, self._balance)
+            self._balance = fresh
+            return fresh - 1 >= self.options.credit_reserve
+        self._balance = fresh
+        return False
+
     def _upscale(self, key: str) -> UpscaleResult:
-        item = self.plan.unique[key]
+        """Worker thread: upload if needed, record the intent, send, record the answer."""
+        item, record = self.items[key], self.results[key]
         value = item.value
         if item.needs_upload:
             data, content_type = self._uploads.get(key, (None, None))
@@ -296,91 +421,160 @@ class UpscaleBatch:
             else:
                 with _open_source(item).open("rb") as fh:
                     value = self.client.upload_image(fh, filename=name, content_type=content_type)
-        return self.client.upscale(value, model_id=self.options.model_id)
+        crashed = self._crash_pending.pop(key, None)
+        with self._lock:
+            if crashed:  # sent by a try that died: this resend may make it two charges
+                record.pending = [n for n in record.pending if n not in crashed]
+                if item.kind != "output_id":  # the server never charges an output twice
+                    record.possibly_double_charged += len(crashed)
+                    self._double_now += len(crashed)
+        try:
+            nonce = self.ledger.sent(record)
+        except OSError as exc:  # write-ahead: what cannot be recorded is never sent
+            raise StablecogFatalError(
+                f"{record.input}: could not record the request in the ledger before sending it "
+                f"({type(exc).__name__}: {exc}); nothing was sent or charged. Fix the destination "
+                "(free space, permissions, storage connection) and retry",
+                code="destination_error",
+            ) from None
+        try:
+            answer = self.client.upscale(value, model_id=self.options.model_id)
+        except StablecogResponseLostError:
+            raise  # stays pending until the coordinator decides (resend or give up)
+        except BaseException:
+            self.ledger.settle(record, nonce)  # a definite error: the server charged nothing
+            self.ledger.save(record)
+            raise
+        self.ledger.settle(record, nonce)
+        output = answer.output
+        url = output.image_url if isinstance(output.image_url, str) and output.image_url else None
+        free = self._is_free(key) or (item.kind == "output_id" and bool(crashed))
+        with self._lock:
+            record.answered(output.id, url, charged=not free)
+            if not free:
+                self._charged_now += 1
+            if url is None:
+                record.fail(FAILED, "invalid_output_url", f"{record.input}: the server answered output {output.id} without a usable image URL; check the output in Stablecog")
+            elif self.destination is None:
+                record.status = UPSCALED
+        try:
+            self.ledger.save(record)  # durable before anything depends on the answer
+        except OSError as exc:  # the state store has it; finish() writes the destination again
+            self.log.warning("Could not record the answer for %s at the destination (%s: %s)", record.input, type(exc).__name__, exc)
+        return answer
 
     def _on_upscaled(
-        self, key: str, future: Future, downloads: dict[Future, str], pool: ThreadPoolExecutor | None
+        self,
+        key: str,
+        future: Future,
+        downloads: dict[Future, str],
+        pool: ThreadPoolExecutor | None,
+        pending: deque[str] | None,
     ) -> None:
-        """Record an upscale's answer (checkpoint first), then queue its download (``pool``: None after a stop)."""
-        result = self.results[key]
+        """Coordinator: account for an answer, then queue its download (``pool``: None after a stop)."""
+        record = self.results[key]
         try:
             answer: UpscaleResult = future.result()
+        except StablecogResponseLostError as exc:
+            self._on_lost(record, exc, pending)
+            return
         except StablecogError as exc:
-            self._on_error(result, exc)
+            self._on_error(record, exc)
             return
         except Exception as exc:  # a bug must not lose the batch: record it against the item
-            self.log.exception("Unexpected error while upscaling %s", result.input)
-            result.fail(FAILED, "internal_error", f"{result.input}: unexpected {type(exc).__name__}: {exc}")
-            return
-        if answer.remaining_credits is not None:
-            self._balance = answer.remaining_credits
-        output = answer.output
-        result.credits_charged = 0 if key in self.free_keys else 1
-        if not isinstance(output.image_url, str) or not output.image_url:  # untrusted: no usable result URL
-            result.output_id = output.id
-            result.fail(FAILED, "invalid_output_url", f"{result.input}: the server answered output {output.id} without a usable image URL; check the output in Stablecog")
-            self.log.warning("%s", result.message)
+            self.log.exception("Unexpected error while upscaling %s", record.input)
+            record.fail(FAILED, "internal_error", f"{record.input}: unexpected {type(exc).__name__}: {exc}")
             self._progress.tick(ok=False)
             return
-        result.output_id, result.url = output.id, output.image_url
-        result.finished_at = _now()
-        if self.checkpoint is not None:
-            self.checkpoint.mark(key, result.checkpoint_record())
-        if self.destination is None:
-            result.status = UPSCALED
+        if answer.remaining_credits is not None and not self._is_free(key):
+            # answers arrive out of charge order: the known balance may only go down
+            self._balance = answer.remaining_credits if self._balance is None else min(self._balance, answer.remaining_credits)
+        if record.status == FAILED:  # the answer had no usable URL
+            self.log.warning("%s", record.message)
+            self._progress.tick(ok=False)
+        elif self.destination is None:
             self._progress.tick(ok=True)
         elif pool is not None:
             downloads[pool.submit(self._download, key)] = key
 
-    def _on_error(self, result: ItemResult, exc: StablecogError) -> None:
+    def _on_lost(self, record: ItemRecord, exc: StablecogResponseLostError, pending: deque[str] | None) -> None:
+        """A sent request without an answer: maybe charged. Resend (reported) or give up on it."""
+        key = record.key
+        self._lost[key] += 1
+        cancelled = isinstance(exc, CancelledError) or self.stop_event.is_set()
+        if cancelled or pending is None:
+            record.fail(NOT_STARTED, exc.code, f"{record.input}: in flight when the task was stopped; it may have been charged (the next try resends it and reports it)")
+            self.ledger.save(record)
+            return
+        if self.options.resend_possibly_charged and self._lost[key] <= MAX_LOST_ANSWERS:
+            with self._lock:
+                self._crash_pending[key] = list(record.pending)
+            self.log.warning("%s — resending it (reported as possibly double-charged)", exc.message)
+            pending.appendleft(key)
+            return
+        why = "resend_possibly_charged=False" if not self.options.resend_possibly_charged else f"lost {self._lost[key]} times"
+        record.fail(FAILED, exc.code, f"{exc.message} — not resent ({why}); it may have been charged: look for it in Stablecog before retrying")
+        self.ledger.save(record)
+        self.log.warning("%s", record.message)
+        self._progress.tick(ok=False)
+
+    def _on_error(self, record: ItemRecord, exc: StablecogError) -> None:
         if isinstance(exc, StablecogFatalError):
             if self._fatal is None:
                 self._fatal = exc
                 self.log.error("Stopping the batch: %s", exc)
-            result.fail(NOT_STARTED, exc.code, f"{result.input}: not upscaled: {exc.message}")
+            if exc.code == "insufficient_credits":
+                self._balance = 0 if self._balance is None else min(self._balance, 0)
+            record.fail(NOT_STARTED, exc.code, f"{record.input}: not upscaled: {exc.message}")
         elif isinstance(exc, CancelledError):
-            result.fail(NOT_STARTED, exc.code, f"{result.input}: {exc.message}")
+            record.fail(NOT_STARTED, exc.code, f"{record.input}: {exc.message}")
         else:
             gave_up = " — still failing after the client's retries; retrying the task tries it again" if isinstance(exc, StablecogRetryableError) else ""
-            result.fail(FAILED, exc.code, exc.message + gave_up)
+            record.fail(FAILED, exc.code, exc.message + gave_up)
+            if isinstance(exc, StablecogInputError):
+                self._permanent.add(record.key)
             self.log.warning("Failed: %s", exc.message)
-        self._progress.tick(ok=result.status != FAILED)
+        self.ledger.save(record)
+        self._progress.tick(ok=record.status != FAILED)
 
     def _download(self, key: str) -> tuple[str, int, int]:
-        """Stream the result to the destination under a safe name, verify it, rename it into place."""
-        result = self.results[key]
-        assert self.destination is not None and result.url
-        target = self.destination / output_file_name(key)
+        """Worker: stream the result under a safe name, verify it, rename it into place, record it."""
+        record = self.results[key]
+        assert self.destination is not None and record.url
+        target = self.destination / image_name(key)
         with AtomicWrite(target) as writer:
-            self.client.download(result.url, writer.open)
+            self.client.download(record.url, writer.open)
             with writer.temp.open("rb") as fh:
                 width, height = images.image_size(fh)
-        return (target.path if target.protocol in ("file", "local") else str(target)), width, height
+        path = target.path if target.protocol in ("file", "local") else str(target)
+        with self._lock:
+            record.downloaded(path, width, height)
+        self.ledger.save(record)
+        return path, width, height
 
     def _on_downloaded(self, key: str, future: Future) -> None:
-        result = self.results[key]
+        record = self.results[key]
         try:
-            path, width, height = future.result()
+            future.result()
         except (StablecogError, images.ImageCheckError) as exc:
-            self._download_failed(result, getattr(exc, "code", "download_failed"), f"the download failed: {exc}")
+            self._download_failed(record, getattr(exc, "code", "download_failed"), f"the download failed: {exc}")
             return
         except OSError as exc:
-            self._download_failed(result, "destination_error", f"writing to the destination failed ({type(exc).__name__}: {exc}); fix the destination")
+            self._download_failed(record, "destination_error", f"writing to the destination failed ({type(exc).__name__}: {exc}); fix the destination")
             return
         except Exception as exc:  # a bug or a hostile answer must not lose the batch: record it against the item
-            self.log.exception("Unexpected error while downloading %s", result.input)
-            self._download_failed(result, "internal_error", f"the download failed unexpectedly ({type(exc).__name__})")
+            self.log.exception("Unexpected error while downloading %s", record.input)
+            self._download_failed(record, "internal_error", f"the download failed unexpectedly ({type(exc).__name__})")
             return
-        result.path, result.width, result.height = path, width, height
-        result.status = UPSCALED
-        result.finished_at = _now()
-        if self.checkpoint is not None:
-            self.checkpoint.mark(key, result.checkpoint_record())
         self._progress.tick(ok=True)
 
-    def _download_failed(self, result: ItemResult, code: str, what: str) -> None:
-        result.fail(FAILED, code, f"{result.input}: upscaled (output {result.output_id}) but {what}; a retry downloads it again without paying")
-        self.log.warning("%s", result.message)
+    def _download_failed(self, record: ItemRecord, code: str, what: str) -> None:
+        record.fail(FAILED, code, f"{record.input}: upscaled (output {record.output_id}) but {what}; a retry downloads it again without paying")
+        try:
+            self.ledger.save(record)
+        except OSError:
+            pass  # the answer itself is durable already; only this failure note is lost
+        self.log.warning("%s", record.message)
         self._progress.tick(ok=False)
 
     def _mark_not_started(self, pending: deque[str]) -> None:
@@ -396,8 +590,8 @@ class UpscaleBatch:
             code = "credit_reserve"
             why = f"it would take the balance ({self._balance}) below credit_reserve={self.options.credit_reserve}"
         for key in pending:
-            result = self.results[key]
-            result.fail(NOT_STARTED, code, f"{result.input}: not started: {why}; add credits and clear the task to resume")
+            record = self.results[key]
+            record.fail(NOT_STARTED, code, f"{record.input}: not started: {why}; add credits and clear the task to resume")
 
     def _abandon(self, pending: deque[str], upscales: dict[Future, str], downloads: dict[Future, str]) -> None:
         """On stop: no new request; give in-flight work a short grace, then leave it."""
@@ -406,16 +600,16 @@ class UpscaleBatch:
         for future in done:
             if future in upscales:
                 key = upscales.pop(future)
-                self._on_upscaled(key, future, {}, None)
-                result = self.results[key]
-                if result.status == NOT_STARTED and result.url and result.error is None:
-                    result.fail(NOT_STARTED, "cancelled", f"{result.input}: upscaled (output {result.output_id}) but the task was stopped before the download; a retry or a new run with the same destination downloads it without paying")
+                self._on_upscaled(key, future, {}, None, None)
+                record = self.results[key]
+                if record.paid and record.status == NOT_STARTED:
+                    record.fail(NOT_STARTED, "cancelled", f"{record.input}: upscaled (output {record.output_id}) but the task was stopped before the download; a retry or a new run with the same destination downloads it without paying")
             else:
                 self._on_downloaded(downloads.pop(future), future)
         for key in [*upscales.values(), *downloads.values()]:
-            result = self.results[key]
-            if result.status != UPSCALED:
-                result.fail(NOT_STARTED, "cancelled", f"{result.input}: in flight when the task was stopped (it may have been charged; a retry reuses the result if it was recorded)")
+            record = self.results[key]
+            if record.status != UPSCALED:
+                record.fail(NOT_STARTED, "cancelled", f"{record.input}: in flight when the task was stopped (it may have been charged; the ledger recorded it, a retry resumes from there)")
         self._mark_not_started(pending)
         pending.clear()
 
@@ -440,8 +634,9 @@ class _Progress:
         rate = self.done / max(now - self.start, 1e-9)
         eta = (self.total - self.done) / rate if rate > 0 else float("inf")
         self.log.info(
-            "Progress: %d/%d done, %d failed, %.2f images/s, ETA %s, credits left %s",
-            self.done, self.total, self.failed, rate, "?" if eta == float("inf") else f"{eta:.0f} s", balance,
+            "Progress: %d/%d done, %d failed, %.2f images/s, ETA %s%s",
+            self.done, self.total, self.failed, rate, "?" if eta == float("inf") else f"{eta:.0f} s",
+            "" if balance is None else f", credits left ≤ {balance}",
         )
 
 
@@ -452,8 +647,4 @@ def _open_source(item: InputItem) -> ObjectStoragePath:
     return ObjectStoragePath(value if "://" in value else "file://" + value)
 
 
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-__all__ = ["BatchOptions", "BatchReport", "ItemResult", "UpscaleBatch"]
+__all__ = ["BatchOptions", "BatchPlan", "BatchReport", "ItemRecord", "ItemResult", "UpscaleBatch"]

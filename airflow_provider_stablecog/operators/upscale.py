@@ -58,6 +58,13 @@ class UpscaleOperator(BaseOperator):
         reserve reached, a fatal error), so a retry after a top-up finishes them. Default True.
     :param dry_run: send no upscale; log and return the plan (to do, already done, invalid,
         credits needed vs. remaining).
+    :param resend_possibly_charged: what to do with an item whose request may have been charged
+        without an answer: in flight when an earlier try died (SIGKILL, OOM, ``execution_timeout``)
+        or its answer lost (connection reset, read timeout). ``True`` (default) sends it again, so
+        every image is delivered, at the risk of paying for it twice; each such resend is counted
+        as "possibly double-charged" in the log summary, the manifest and the XCom record.
+        ``False`` never risks a second charge: the item is left ``not_started`` / ``failed`` with
+        the code ``possibly_charged`` / ``response_lost`` for you to check in Stablecog.
     :param downscale_oversized: downscale local/object-storage images over 1,048,576 pixels or
         10 MiB to fit instead of failing them.
     :param progress_interval: seconds between progress lines in the task log.
@@ -83,6 +90,7 @@ class UpscaleOperator(BaseOperator):
         max_failed_ratio: float = 0.0,
         fail_on_not_started: bool = True,
         dry_run: bool = False,
+        resend_possibly_charged: bool = True,
         downscale_oversized: bool = False,
         progress_interval: float = 10.0,
         emit_asset: bool = True,
@@ -100,7 +108,9 @@ class UpscaleOperator(BaseOperator):
         self.credit_reserve = credit_reserve
         self.max_failed_ratio = max_failed_ratio
         self.fail_on_not_started = fail_on_not_started
-        self.dry_run = dry_run
+        # not ``self.dry_run``: that would shadow BaseOperator.dry_run()
+        self.plan_only = dry_run
+        self.resend_possibly_charged = resend_possibly_charged
         self.downscale_oversized = downscale_oversized
         self.progress_interval = progress_interval
         self._stop: threading.Event | None = None  # made in execute: a lock cannot be deep-copied
@@ -125,7 +135,7 @@ class UpscaleOperator(BaseOperator):
 
     def execute(self, context: Context) -> Any:
         from airflow_provider_stablecog.batch import BatchOptions, UpscaleBatch
-        from airflow_provider_stablecog.utils.checkpoint import Checkpoint
+        from airflow_provider_stablecog.ledger import Ledger
         from airflow_provider_stablecog.utils.inputs import coerce_input_list, plan_inputs
 
         self._stop = threading.Event()
@@ -137,40 +147,37 @@ class UpscaleOperator(BaseOperator):
         self.hook.client.pool_size = max(self.hook.client.pool_size, concurrency + 4)
         model_id = self._checked_model_id()
         destination = self._prepare_destination()
-
-        checkpoint = Checkpoint(context.get("task_state_store"))  # type: ignore[arg-type]
-        previous = self._previous_results(checkpoint, destination)
+        ledger = Ledger(store=_task_state_store(context, self.log), destination=destination, log=self.log)
         options = BatchOptions(
             model_id=model_id,
             max_concurrency=concurrency,
             credit_reserve=self.credit_reserve,
             downscale_oversized=self.downscale_oversized,
             progress_interval=self.progress_interval,
+            resend_possibly_charged=self.resend_possibly_charged,
         )
-        batch = UpscaleBatch(
-            self.hook.client, plan, options, destination=destination, checkpoint=checkpoint,
-            previous=previous, log=self.log, stop_event=self._stop,
-        )
-        to_upscale, to_download = batch.classify()
-        credits = self._starting_credits() if (to_upscale or self.dry_run) else None
-        if self.dry_run:
-            return self._dry_run_plan(plan, batch, to_upscale, to_download, credits)
+        batch = UpscaleBatch(self.hook.client, plan, options, destination=destination, ledger=ledger, log=self.log, stop_event=self._stop)
+        todo = batch.plan()
+        credits = self._starting_credits() if (todo.to_upscale or self.plan_only) else None
+        if self.plan_only:
+            return self._dry_run_plan(plan, batch, todo, credits)
         self.log.info(
-            "Upscaling %d unique images (%d inputs, %d already done, %d to download again, %d invalid) "
-            "with %d in flight; %s credits available, reserve %d",
-            len(to_upscale), len(plan.positions), len(previous), len(to_download), len(plan.invalid),
-            concurrency, credits, self.credit_reserve,
+            "Upscaling %d unique images (%d inputs, %d already done, %d to download again, %d invalid, "
+            "%d free, %d in flight when an earlier try ended) with %d in flight; %s",
+            len(todo.to_upscale), len(plan.positions), len(todo.skipped), len(todo.to_download),
+            len(plan.invalid) + len(todo.preflight_failed), len(todo.free), len(todo.in_flight_at_crash),
+            concurrency,
+            f"{credits} credits available, {todo.credits_needed} needed, reserve {self.credit_reserve}"
+            if credits is not None else "no credit needed",
         )
-        report = batch.run(to_upscale, to_download, credits)
-        if destination is not None:
-            self._write_manifest(destination, report)
+        report = batch.run(credits)
         self._log_summary(report, plan)
         self._emit_asset_events(context, report, destination)
         self._raise_if_incomplete(report, plan)
-        return self._xcom(plan, report)
+        return self._xcom(plan, batch)
 
     def on_kill(self) -> None:
-        """Stop sending requests; the batch saves its checkpoint and manifest on the way out."""
+        """Stop sending requests; every answer is already recorded; the batch writes its ledger segment and manifest on the way out."""
         if self._stop is not None:
             self._stop.set()
         if "hook" in self.__dict__:
@@ -239,59 +246,31 @@ class UpscaleOperator(BaseOperator):
             raise StablecogConfigError(f"max_concurrency must be a positive integer, got {value!r}")
         return value
 
-    def _previous_results(self, checkpoint: Any, destination: ObjectStoragePath | None) -> dict[str, dict]:
-        from airflow_provider_stablecog.utils.storage import paid_records
-
-        previous = paid_records(destination)
-        previous.update({k: r for k, r in checkpoint.load().items() if r.get("url")})
-        if previous:
-            self.log.info("Resuming: %d images were already upscaled in an earlier try or run", len(previous))
-        return previous
-
     def _log_invalid(self, plan: InputPlan) -> None:
         for bad in plan.invalid[:20]:
             self.log.warning("Invalid input: %s", bad.message)
         if len(plan.invalid) > 20:
             self.log.warning("... and %d more invalid inputs", len(plan.invalid) - 20)
 
-    def _dry_run_plan(self, plan: InputPlan, batch: Any, to_upscale: list[str], to_download: list[str], credits: int | None) -> dict:
-        preflight_failed = [r for r in batch.results.values() if r.status == "failed"]
+    def _dry_run_plan(self, plan: InputPlan, batch: Any, todo: Any, credits: int | None) -> dict:
+        failed = [batch.results[k] for k in todo.preflight_failed]
         result = {
             "dry_run": True,
             "inputs": len(plan.positions),
             "unique": len(plan.unique),
-            "to_upscale": len(to_upscale),
-            "already_done": sum(1 for r in batch.results.values() if r.status == "skipped") + len(to_download),
-            "invalid": len(plan.invalid) + len(preflight_failed),
-            "credits_needed": len(to_upscale) - len(batch.free_keys),
+            "to_upscale": len(todo.to_upscale),
+            "already_done": len(todo.skipped) + len(todo.to_download),
+            "free": len(todo.free),
+            "in_flight_at_crash": len(todo.in_flight_at_crash),
+            "invalid": len(plan.invalid) + len(failed),
+            "credits_needed": todo.credits_needed,
             "credits_remaining": credits,
             "credit_reserve": self.credit_reserve,
-            "enough_credits": credits is not None and credits - len(to_upscale) + len(batch.free_keys) >= self.credit_reserve,
-            "invalid_items": [b.message for b in plan.invalid[:MAX_ERRORS_SHOWN]] + [r.message for r in preflight_failed[:MAX_ERRORS_SHOWN]],
+            "enough_credits": credits is not None and credits - todo.credits_needed >= self.credit_reserve,
+            "invalid_items": [b.message for b in plan.invalid[:MAX_ERRORS_SHOWN]] + [r.message for r in failed[:MAX_ERRORS_SHOWN]],
         }
         self.log.info("Dry run, nothing sent: %s", result)
         return result
-
-    def _write_manifest(self, destination: ObjectStoragePath, report: BatchReport) -> None:
-        from airflow_provider_stablecog.utils.storage import read_manifest, write_manifest
-
-        records = read_manifest(destination)
-        for key, result in report.results.items():
-            old = records.get(key)
-            if result.status == "skipped" and old:
-                continue  # keep the original record (with its charge and time)
-            records[key] = result.manifest_record()
-        try:
-            target = write_manifest(destination, records.values())
-        except OSError as exc:  # e.g. a full disk: say so, and that the checkpoint keeps what was paid for
-            from airflow.sdk.exceptions import AirflowException
-
-            raise AirflowException(
-                f"could not write the manifest to {str(destination)!r} ({type(exc).__name__}: {exc}); "
-                f"{report.counts.get('upscaled', 0)} images are done and checkpointed: fix the destination "
-                "(free space, permissions) and retry the task — nothing is paid again"
-            ) from None
-        self.log.info("Manifest: %s (%d records)", target, len(records))
 
     def _log_summary(self, report: BatchReport, plan: InputPlan) -> None:
         counts = dict(report.counts)
@@ -303,14 +282,22 @@ class UpscaleOperator(BaseOperator):
                 by_code[r.error] = by_code.get(r.error, 0) + 1
         for b in plan.invalid:
             by_code[b.code] = by_code.get(b.code, 0) + 1
-        charged = sum(r.credits_charged for r in report.results.values() if r.status == "upscaled")
         rate = report.upscaled_now / report.elapsed if report.elapsed > 0 else 0.0
+        balance: list[tuple[str, Any]] = []
+        if report.credits_start is not None:
+            balance.append(("credits before", report.credits_start))
+        if report.balance_measured_after is not None:
+            balance.append(("credits after", report.balance_measured_after))
+            if report.credits_start is not None:
+                balance.append(("balance change", report.balance_measured_after - report.credits_start))
         rows = [
             ("inputs", len(plan.positions)),
             ("unique", len(plan.unique)),
             *((status, counts.get(status, 0)) for status in ("upscaled", "skipped", "failed", "not_started")),
-            ("credits charged", charged),
-            ("credits left", report.credits_end),
+            ("credits charged this try", report.charged_now),
+            ("credits charged earlier", report.charged_before),
+            ("possibly double-charged", report.possibly_double_charged),
+            *balance,
             ("max in flight", report.max_in_flight),
             ("elapsed", f"{report.elapsed:.1f} s"),
             ("images/s", f"{rate:.2f}"),
@@ -318,6 +305,14 @@ class UpscaleOperator(BaseOperator):
         ]
         width = max(len(k) for k, _ in rows)
         self.log.info("Summary\n%s", "\n".join(f"  {k:<{width}}  {v}" for k, v in rows))
+        if report.possibly_double_charged:
+            doubled = [r.input for r in report.results.values() if r.possibly_double_charged]
+            self.log.warning(
+                "%d request(s) may have been charged twice (sent again after an earlier try died with them in "
+                "flight, or after a lost answer): %s%s. Set resend_possibly_charged=False to never resend.",
+                report.possibly_double_charged, ", ".join(doubled[:MAX_ERRORS_SHOWN]),
+                f" and {len(doubled) - MAX_ERRORS_SHOWN} more (see the manifest)" if len(doubled) > MAX_ERRORS_SHOWN else "",
+            )
 
     def _emit_asset_events(self, context: Context, report: BatchReport, destination: ObjectStoragePath | None) -> None:
         from airflow.sdk import Asset
@@ -339,11 +334,11 @@ class UpscaleOperator(BaseOperator):
 
         failed = [r for r in report.results.values() if r.status == "failed"]
         messages = [b.message for b in plan.invalid] + [r.message or r.error or "" for r in failed]
-        failed_positions = sum(1 for p in plan.positions if not isinstance(p, str) or report.results[p].status == "failed")
+        failed_positions = sum(1 for p in plan.positions if not isinstance(p, str) or report.result_for(p).status == "failed")
         failed_share = failed_positions / max(len(plan.positions), 1)
         not_started = [r for r in report.results.values() if r.status == "not_started"]
         if report.stopped:
-            raise AirflowException(f"Stopped with {len(not_started)} images not done; checkpoint saved, a retry resumes")
+            raise AirflowException(f"Stopped with {len(not_started)} images not done; every answer is recorded, a retry resumes")
         if isinstance(report.fatal, StablecogAuthError):
             raise AirflowFailException(f"{report.fatal}. Finished images are kept ({report.counts.get('upscaled', 0)} this try).")
         if not_started and self.fail_on_not_started:
@@ -353,25 +348,35 @@ class UpscaleOperator(BaseOperator):
         if failed_share > self.max_failed_ratio:
             shown = "\n  ".join(messages[:MAX_ERRORS_SHOWN])
             more = f"\n  ... and {len(messages) - MAX_ERRORS_SHOWN} more (see the manifest)" if len(messages) > MAX_ERRORS_SHOWN else ""
-            raise AirflowException(
-                f"{failed_positions} of {len(plan.positions)} inputs failed ({failed_share:.1%} > max_failed_ratio="
-                f"{self.max_failed_ratio:.1%}); the rest are done and a retry redoes only the failures:\n  {shown}{more}"
-            )
+            head = f"{failed_positions} of {len(plan.positions)} inputs failed ({failed_share:.1%} > max_failed_ratio={self.max_failed_ratio:.1%})"
+            if not not_started and all(r.key in report.permanent_failures for r in failed):
+                # only bad items are left: an Airflow retry would fail them again, for nothing
+                raise AirflowFailException(
+                    f"{head}; every failure is a bad item that a retry cannot fix (fix the items upstream, "
+                    f"then clear the task: the rest is done and not paid again):\n  {shown}{more}"
+                )
+            raise AirflowException(f"{head}; the rest are done and a retry redoes only the failures:\n  {shown}{more}")
 
-    def _xcom(self, plan: InputPlan, report: BatchReport) -> list[dict[str, Any]]:
-        """One compact record per input, in input order (None fields left out)."""
+    def _xcom(self, plan: InputPlan, batch: Any) -> list[dict[str, Any]]:
+        """One compact record per input, in input order (empty fields left out)."""
         out: list[dict[str, Any]] = []
         for entry in plan.positions:
             if isinstance(entry, str):
-                out.append(_compact(report.results[entry]))
+                out.append(batch.result_for(entry).xcom())
             else:
                 out.append({"input": entry.display, "status": "failed", "error": entry.code})
         return out
 
 
-def _compact(result: ItemResult) -> dict[str, Any]:
-    record = {"input": result.input, "status": result.status, "output_id": result.output_id, "url": result.url, "path": result.path, "error": result.error}
-    return {k: v for k, v in record.items() if v is not None}
+def _task_state_store(context: Any, log: Any) -> Any:
+    """Airflow 3.3's task state store, or None (said once) on lines that lack it."""
+    store = context.get("task_state_store")
+    if store is None:
+        log.info(
+            "This Airflow has no task_state_store (3.3+): a retry resumes from the destination's ledger only; "
+            "without a destination, a retried task cannot know what an earlier try was answered"
+        )
+    return store
 
 
 def _batch_label(plan: InputPlan) -> str:

@@ -4,38 +4,26 @@ A destination is a local path or any :class:`~airflow.sdk.ObjectStoragePath` URL
 (``s3://bucket/prefix``, ``file:///data/out``, ...). Everything written there goes to a temporary
 name first and is renamed into place, so a killed task never leaves a partial image or manifest.
 
-The manifest holds one JSON record per unique input (see :data:`MANIFEST_FIELDS`). It is the
-cross-run memory of a destination: a later run with the same destination skips the inputs whose
-record says ``upscaled`` and whose file is still there.
+``manifest.jsonl`` holds one JSON record per unique input: the human-readable view of the
+destination's ledger. The truth is the ledger folder ``.stablecog/`` (see
+:mod:`airflow_provider_stablecog.ledger`), which also reads manifests of older versions.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import uuid
 from collections.abc import Callable, Iterable
 from typing import IO, TYPE_CHECKING, Any
 
+from airflow_provider_stablecog.ledger import MANIFEST_FIELDS, MANIFEST_NAME
+
 if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
 
-MANIFEST_NAME = "manifest.jsonl"
-MANIFEST_FIELDS = (
-    "input",
-    "key",
-    "status",
-    "output_id",
-    "url",
-    "path",
-    "width",
-    "height",
-    "error",
-    "message",
-    "credits_charged",
-    "finished_at",
-)
+__all__ = ["MANIFEST_FIELDS", "MANIFEST_NAME", "AtomicWrite", "read_manifest", "resolve_destination", "write_manifest"]
+
 
 
 def resolve_destination(destination: str | os.PathLike[str] | ObjectStoragePath) -> ObjectStoragePath:
@@ -48,12 +36,6 @@ def resolve_destination(destination: str | os.PathLike[str] | ObjectStoragePath)
     if "://" not in text:
         text = "file://" + os.path.abspath(os.path.expanduser(text))
     return ObjectStoragePath(text)
-
-
-def output_file_name(key: str, extension: str = "jpg") -> str:
-    """Deterministic and safe: a hash of the input's key, never a server path or the input itself."""
-    digest = hashlib.sha256(key.encode("utf-8")).hexdigest()[:24]
-    return f"{digest}.{extension}"
 
 
 def atomic_writer(target: ObjectStoragePath) -> AtomicWrite:
@@ -120,7 +102,7 @@ def read_manifest(destination: ObjectStoragePath | str) -> dict[str, dict[str, A
     """The manifest's records by key (the last record of a key wins); empty when there is none."""
     manifest = resolve_destination(destination) / MANIFEST_NAME
     try:
-        text = manifest.read_text(encoding="utf-8")
+        text = manifest.read_bytes().decode("utf-8", errors="replace")
     except FileNotFoundError:
         return {}
     records: dict[str, dict[str, Any]] = {}
@@ -146,20 +128,15 @@ def write_manifest(destination: ObjectStoragePath | str, records: Iterable[dict[
 
 
 def paid_records(destination: ObjectStoragePath | str | None) -> dict[str, dict[str, Any]]:
-    """Manifest records of inputs already paid for: every record with a result URL.
+    """Records of the inputs already paid for at a destination, by ledger key (see
+    :attr:`airflow_provider_stablecog.ledger.ItemRecord.paid`, the one rule)."""
+    from airflow_provider_stablecog.ledger import load_destination
 
-    That is an upscaled input, or one answered but not downloaded (the task was stopped, the
-    download or the write failed, the file was removed since). A later run downloads those again
-    for free; it never pays for them twice. The operator resumes from these and the credits sensor
-    counts no credit for them.
-    """
-    if destination is None:
-        return {}
-    return {key: r for key, r in read_manifest(destination).items() if r.get("url")}
+    return {key: r.manifest() for key, r in load_destination(destination).items() if r.paid}
 
 
 def done_keys(destination: ObjectStoragePath | str | None) -> set[str]:
-    """Keys of the inputs :func:`paid_records` lists: they need no credit."""
+    """Ledger keys of the inputs :func:`paid_records` lists: they need no credit."""
     return set(paid_records(destination))
 
 

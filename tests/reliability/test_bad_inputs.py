@@ -23,6 +23,7 @@ from PIL import Image, PngImagePlugin
 from airflow_provider_stablecog.emulator.testing import run_emulator
 from airflow_provider_stablecog.operators.upscale import UpscaleOperator
 from airflow_provider_stablecog.utils.inputs import InvalidInput, coerce_input_list, plan_inputs
+from airflow_provider_stablecog.ledger import item_key
 from airflow_provider_stablecog.utils.storage import read_manifest
 from tests.reliability.support import destination_problems, make_context
 
@@ -165,8 +166,8 @@ ITEM_CASES = [
     ItemCase("unknown s3:// upload key", lambda c: f"s3://{'ab' * 16}/{UUID_X}.png", "init_image_not_found", ("upload the image again",)),
     ItemCase("another account's upload key", _foreign_upload_key, "image_not_owned", ("another account",)),
     ItemCase("missing object-storage file", lambda c: "memory://corpus/missing.png", "file_not_found", ("no such file",)),
-    ItemCase("object storage without its filesystem", lambda c: "s3://my-bucket/photos/cat.png", "unreadable_file",
-             ("no filesystem registered for scheme s3",)),
+    ItemCase("object storage without its filesystem", lambda c: "gs://my-bucket/photos/cat.png", "unreadable_file",
+             ("gs://", "storage connection")),
     ItemCase("2,000-character URL (accepted)", lambda c: c.good + "?pad=" + "b" * (2000 - len(c.good) - 5), "upscaled"),
     ItemCase("URL in surrounding whitespace (accepted)", lambda c: f"  {c.url('20x20.png')}\n", "upscaled"),
     ItemCase("presigned URL (accepted, masked)", lambda c: c.url("24x24.png") + "?X-Amz-Credential=AKIAEXAMPLE&X-Amz-Signature=5ec7e75167",
@@ -178,7 +179,7 @@ def _outcome(plan, position: int, records: dict[str, dict]) -> tuple[str, str]:
     entry = plan.positions[position]
     if isinstance(entry, InvalidInput):
         return entry.code, entry.message
-    record = records[entry]
+    record = records[item_key(entry)]
     return (record["status"] if record["status"] != "failed" else record["error"]), record.get("message") or ""
 
 
@@ -200,7 +201,7 @@ def test_bad_item_fails_alone_with_a_clear_message(ctx, case, corpus_row):
     code, item_message = _outcome(plan, 1, records)
     corpus_row(case.id, code, (error.split("\n", 1)[-1].strip() if error else "upscaled") if case.code != "upscaled" else "upscaled")
 
-    good = records[plan.positions[0]]
+    good = records[item_key(plan.positions[0])]
     assert good["status"] in ("upscaled", "skipped") and Path(good["path"]).is_file(), good
     assert destination_problems(dest) == []
     assert code == case.code, (code, item_message, error)
@@ -356,9 +357,10 @@ def test_filesystem_full_mid_batch_fails_items_clearly_and_a_retry_does_not_pay(
         )
     message = str(info.value)
     corpus_row("filesystem full mid-batch", "destination_error", message.split("\n", 1)[-1])
-    assert "No space left" in message and "nothing is paid again" in message
-    assert ctx.emu.ledger()["net_charged"] == 2
-    # the same task instance retried onto a working destination re-downloads for free
+    # write-ahead: a request that cannot be recorded is never sent, so nothing was paid
+    assert "No space left" in message and "nothing was sent or charged" in message
+    assert ctx.emu.ledger()["net_charged"] == 0
+    # the same task instance retried onto a working destination pays once per image
     records = UpscaleOperator(task_id="corpus", inputs=inputs, destination=str(ctx.tmp / "ok"), progress_interval=0).execute(
         make_context(store)
     )

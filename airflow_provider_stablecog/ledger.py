@@ -1,0 +1,586 @@
+"""The credit ledger: the one item record, the one rule for "already paid", and where both live.
+
+Everything the provider knows about money goes through this module:
+
+* :class:`ItemRecord` is the record of one unique input. The manifest line, the state-store value
+  and the XCom record are all derived from it (:meth:`ItemRecord.manifest`,
+  :meth:`ItemRecord.state_value`, :meth:`ItemRecord.xcom`); nothing else lists its fields.
+* :attr:`ItemRecord.paid` is the single rule "this item is already paid for": the server answered
+  it with a result URL. The operator resumes from it, the engine skips it, the credits sensor and
+  the dry run count no credit for it (:func:`credits_needed`).
+* :func:`item_key` is the item's identity in every store: a hash of what changes the output (the
+  input and the model), so a new model re-upscales and no presigned URL's signature is ever
+  stored — the clear input is kept only in its redacted form (``input``).
+
+Durability is **write-ahead, per item** (:class:`Ledger`): before an upscale request is sent the
+item is recorded as *sent* (with a random ``nonce``), and the moment its answer arrives the answer
+is recorded — both in Airflow's ``task_state_store`` (per task instance, survives retries) and at
+the destination (survives across runs and tasks) before anything depends on it. After a crash the
+next try knows which items were answered (skip them, download again if the file is missing) and
+which were in flight without an answer (they may have been charged: see ``pending``).
+
+At a destination the truth is the folder ``.stablecog/`` beside the images:
+
+* ``.stablecog/items/<key>.<rev>.json`` — one object per record *version*, only ever created,
+  never rewritten, so tasks sharing a destination (mapped chunks, overlapping runs) cannot lose
+  each other's records on any filesystem or object store. The newest ``rev`` of a key wins; a
+  damaged object falls back to the previous version.
+* ``.stablecog/segments/<rev>-<id>.jsonl`` — at the end of every try, the records of that try in
+  one object, so a resume reads a destination of 10,000 items with two listings and a few GETs
+  instead of one GET per item. Item objects that a segment covers are then removed.
+* ``manifest.jsonl`` — the human-readable view, regenerated from the truth at the end of every
+  try. A manifest written by an older version of the provider is read as a segment.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field, fields
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from airflow.sdk import ObjectStoragePath
+
+UPSCALED, SKIPPED, FAILED, NOT_STARTED = "upscaled", "skipped", "failed", "not_started"
+LEDGER_DIR = ".stablecog"
+ITEMS_DIR = "items"
+SEGMENTS_DIR = "segments"
+MANIFEST_NAME = "manifest.jsonl"
+STATE_PREFIX = "stablecog.ledger"
+#: Airflow's default ``[state_store] max_value_storage_bytes``; one record is far below it.
+STATE_VALUE_LIMIT = 65535
+_KEY = re.compile(r"^[0-9a-f]{32}$")
+_ITEM_NAME = re.compile(r"^(?P<key>[0-9a-f]{32})\.(?P<rev>[0-9a-z]+-[0-9a-f]+)\.json$")
+IMAGE_EXTENSION = "jpg"
+#: segments kept before the next finishing task merges them into one
+MAX_SEGMENTS = 16
+
+log = logging.getLogger(__name__)
+
+
+def item_key(identity: str, model_id: str | None = None) -> str:
+    """The ledger key of an input: a hash of its identity and the model (32 hex characters).
+
+    ``identity`` is :attr:`InputItem.key <airflow_provider_stablecog.utils.inputs.InputItem.key>`;
+    it may hold a presigned URL's signature and is never stored, only hashed.
+    """
+    model = (model_id or "").strip().lower()
+    return hashlib.sha256(f"{model}\n{identity}".encode()).hexdigest()[:32]
+
+
+def image_name(key: str) -> str:
+    """The image file of a key at the destination: safe, deterministic, never from the server."""
+    return f"{key}.{IMAGE_EXTENSION}"
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def new_rev() -> str:
+    """A version id that sorts by time (ns, base 36) with a random tail against ties."""
+    return f"{_base36(time.time_ns()):>13}".replace(" ", "0") + "-" + uuid.uuid4().hex[:6]
+
+
+def _base36(n: int) -> str:
+    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
+    out = ""
+    while n:
+        n, r = divmod(n, 36)
+        out = digits[r] + out
+    return out or "0"
+
+
+@dataclass
+class ItemRecord:
+    """What is known about one unique input, across all tries and runs of its destination.
+
+    :param key: :func:`item_key` of the input and model.
+    :param input: the input as shown to people (credentials and presigned signatures redacted).
+    :param credits_charged: credits this item cost, across every try (answers that were charged).
+    :param pending: nonces of requests sent and not (yet) answered. Non-empty after a crash means
+        "in flight when the task died: it may have been charged".
+    :param possibly_double_charged: requests of this item that may have been charged without an
+        answer (in flight at a crash, or an answer lost after the server charged) and were sent
+        again — each may have cost one credit more than :attr:`credits_charged` says.
+    """
+
+    key: str
+    input: str = ""
+    model_id: str | None = None
+    status: str = NOT_STARTED
+    output_id: str | None = None
+    url: str | None = None
+    path: str | None = None
+    width: int | None = None
+    height: int | None = None
+    error: str | None = None
+    message: str | None = None
+    credits_charged: int = 0
+    possibly_double_charged: int = 0
+    pending: list[str] = field(default_factory=list)
+    finished_at: str | None = None
+    rev: str | None = None
+
+    # -- the one rule --------------------------------------------------------------------------
+
+    @property
+    def paid(self) -> bool:
+        """Already paid for: the server answered with a result URL. Never pay for it again."""
+        return bool(self.url)
+
+    @property
+    def in_flight_at_crash(self) -> bool:
+        """Sent by an earlier try that ended before the answer: it may have been charged."""
+        return bool(self.pending) and not self.paid
+
+    # -- transitions -----------------------------------------------------------------------------
+
+    def fail(self, status: str, code: str, message: str) -> None:
+        self.status, self.error, self.message = status, code, message
+        self.finished_at = _now()
+
+    def downloaded(self, path: str, width: int, height: int) -> None:
+        self.path, self.width, self.height = path, width, height
+        self.status, self.error, self.message = UPSCALED, None, None
+        self.finished_at = _now()
+
+    def answered(self, output_id: str, url: str | None, *, charged: bool) -> None:
+        self.output_id, self.url = output_id, url
+        self.credits_charged += 1 if charged else 0
+        self.error = self.message = None
+        self.finished_at = _now()
+
+    # -- views -----------------------------------------------------------------------------------
+
+    def manifest(self) -> dict[str, Any]:
+        """The manifest line (and the durable record at the destination)."""
+        record = asdict(self)
+        record["pending"] = list(self.pending)
+        return record
+
+    def xcom(self) -> dict[str, Any]:
+        """The compact XCom record: no image bytes, no secrets, empty fields left out."""
+        record = {
+            "input": self.input,
+            "status": self.status,
+            "output_id": self.output_id,
+            "url": self.url,
+            "path": self.path,
+            "error": self.error,
+            "possibly_double_charged": self.possibly_double_charged or None,
+        }
+        return {k: v for k, v in record.items() if v is not None}
+
+    def state_value(self) -> dict[str, Any]:
+        """The state-store value: the record without the long human message."""
+        value = {k: v for k, v in self.manifest().items() if v not in (None, [], 0, "") and k != "message"}
+        value["key"] = self.key
+        return value
+
+    def copy(self) -> ItemRecord:
+        return ItemRecord.from_dict(self.manifest()) or ItemRecord(key=self.key)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> ItemRecord | None:
+        """A record from stored JSON; ``None`` when it is not one (damaged or foreign)."""
+        if not isinstance(data, Mapping):
+            return None
+        key = data.get("key")
+        if not isinstance(key, str) or not key:
+            return None
+        if not _KEY.match(key):  # a manifest line of provider 0.1 (keyed by the clear input)
+            key = item_key(key, data.get("model_id"))
+        values: dict[str, Any] = {"key": key}
+        for f in fields(cls):
+            if f.name == "key" or f.name not in data:
+                continue
+            values[f.name] = data[f.name]
+        try:
+            record = cls(**values)
+            record.credits_charged = int(record.credits_charged or 0)
+            record.possibly_double_charged = int(record.possibly_double_charged or 0)
+            record.pending = [str(n) for n in (record.pending or [])] if isinstance(record.pending, list) else []
+            for name in ("output_id", "url", "path", "input", "status", "error", "message"):
+                value = getattr(record, name)
+                if value is not None and not isinstance(value, str):
+                    setattr(record, name, str(value))
+        except (TypeError, ValueError):
+            return None
+        return record
+
+
+#: the manifest line's fields: the record's, in order (one place)
+MANIFEST_FIELDS = tuple(f.name for f in fields(ItemRecord))
+
+
+def newer(a: ItemRecord | None, b: ItemRecord | None) -> ItemRecord | None:
+    """The newer of two versions of one key's record; a paid version beats an unpaid one."""
+    if a is None or b is None:
+        return a or b
+    if a.paid != b.paid:
+        return a if a.paid else b
+    return a if (a.rev or "") >= (b.rev or "") else b
+
+
+# -- credits needed --------------------------------------------------------------------------------
+
+
+def credits_needed(keys: Iterable[str], known: Mapping[str, ItemRecord], free: Iterable[str] = ()) -> int:
+    """Credits a batch of ``keys`` needs: one per key not already paid and not known to be free.
+
+    The one function the operator, its dry run and the credits sensor use. ``free`` holds the
+    keys of output IDs the server already upscaled (answered at once, for nothing).
+    """
+    free = set(free)
+    return sum(1 for k in keys if k not in free and not (k in known and known[k].paid))
+
+
+# -- stores ----------------------------------------------------------------------------------------
+
+
+class StateStore(Protocol):
+    def get(self, key: str, default: Any = None) -> Any: ...
+
+    def set(self, key: str, value: Any) -> None: ...
+
+
+class StateStoreLedger:
+    """Records in ``task_state_store``: one key per record version, written once.
+
+    The store has no listing, so the keys are numbered: ``stablecog.ledger.<n>`` holds the n-th
+    record written by this task instance (any try), ``stablecog.ledger.next`` the count. Each value
+    is one small record, far below ``[state_store] max_value_storage_bytes``.
+    """
+
+    def __init__(self, store: StateStore) -> None:
+        self.store = store
+        self._next: int | None = None
+
+    def _count(self) -> int:
+        if self._next is None:
+            try:
+                self._next = int(self.store.get(f"{STATE_PREFIX}.next", 0) or 0)
+            except (TypeError, ValueError):
+                self._next = 0
+        return self._next
+
+    def write(self, record: ItemRecord) -> None:
+        n = self._count()
+        value = record.state_value()
+        if len(json.dumps(value)) > STATE_VALUE_LIMIT:  # never: URLs are short. Keep the essentials.
+            value = {k: value[k] for k in ("key", "status", "output_id", "url", "pending") if k in value}
+        self.store.set(f"{STATE_PREFIX}.{n}", value)
+        self._next = n + 1
+        self.store.set(f"{STATE_PREFIX}.next", self._next)
+
+    def load(self) -> tuple[dict[str, ItemRecord], int]:
+        """Every key's newest record, and how many stored values were damaged."""
+        out: dict[str, ItemRecord] = {}
+        damaged = 0
+        for n in range(self._count()):
+            record = ItemRecord.from_dict(self.store.get(f"{STATE_PREFIX}.{n}", None))
+            if record is None:
+                damaged += 1
+                continue
+            record.rev = f"{n:012d}"
+            out[record.key] = newer(out.get(record.key), record) or record
+        return out, damaged
+
+
+class DestinationLedger:
+    """Records at a destination, under ``.stablecog/`` (see the module docstring)."""
+
+    def __init__(self, destination: ObjectStoragePath) -> None:
+        self.destination = destination
+        self.root = destination / LEDGER_DIR
+        self.items = self.root / ITEMS_DIR
+        self.segments = self.root / SEGMENTS_DIR
+        self.loaded_segments: list[str] = []
+        self._prepared = False
+
+    def prepare(self) -> None:
+        if not self._prepared:
+            self.items.mkdir(parents=True, exist_ok=True)
+            self.segments.mkdir(parents=True, exist_ok=True)
+            self._prepared = True
+
+    # -- write -----------------------------------------------------------------------------------
+
+    def write(self, record: ItemRecord) -> None:
+        """Create one new object for this version of the record (durable when this returns)."""
+        self.prepare()
+        record.rev = new_rev()
+        _create(self.items / f"{record.key}.{record.rev}.json", json.dumps(record.manifest()).encode())
+
+    def write_segment(self, records: Iterable[ItemRecord]) -> str | None:
+        """One object with these records; then remove the item objects it covers."""
+        records = [r for r in records if r.rev]
+        if not records:
+            return None
+        self.prepare()
+        name = f"{new_rev()}-{uuid.uuid4().hex[:8]}.jsonl"
+        body = "".join(json.dumps(r.manifest()) + "\n" for r in records)
+        _create(self.segments / name, body.encode())
+        covered = {f"{r.key}.{r.rev}.json" for r in records}
+        for entry in self._names(self.items):
+            if entry in covered:
+                try:
+                    (self.items / entry).unlink()
+                except (FileNotFoundError, OSError):
+                    pass
+        return name
+
+    def compact(self, records: Mapping[str, ItemRecord], keep: int = MAX_SEGMENTS) -> None:
+        """More than ``keep`` segments: merge the ones listed now into one (others' new ones stay)."""
+        names = self.loaded_segments  # only what ``records`` was read from: never a newer one
+        if len(names) <= keep:
+            return
+        self.write_segment(records.values())
+        for name in names:
+            try:
+                (self.segments / name).unlink()
+            except (FileNotFoundError, OSError):
+                pass
+
+    # -- read ------------------------------------------------------------------------------------
+
+    def load(self) -> tuple[dict[str, ItemRecord], int]:
+        """Every key's newest record, and how many stored objects or lines were damaged."""
+        best: dict[str, ItemRecord] = {}
+        damaged = 0
+        self.loaded_segments = sorted(n for n in self._names(self.segments) if n.endswith(".jsonl"))
+        sources = [self.destination / MANIFEST_NAME] + [self.segments / n for n in self.loaded_segments]
+        for source in sources:
+            text, bad = _read_text(source)
+            damaged += bad
+            if text is None:
+                continue
+            for line in text.splitlines():
+                if not line.strip():
+                    continue
+                record = _parse(line)
+                if record is None:
+                    damaged += 1
+                    continue
+                best[record.key] = newer(best.get(record.key), record) or record
+        versions: dict[str, list[str]] = {}
+        for entry in self._names(self.items):
+            m = _ITEM_NAME.match(entry)
+            if m:
+                versions.setdefault(m["key"], []).append(m["rev"])
+        for key, revs in versions.items():
+            known = best.get(key)
+            for rev in sorted(revs, reverse=True):
+                if known is not None and (known.rev or "") >= rev:
+                    break
+                text, bad = _read_text(self.items / f"{key}.{rev}.json")
+                record = _parse(text) if text is not None else None
+                if record is None:
+                    damaged += 1 if (bad or text is not None) else 0
+                    continue  # a damaged newest version: fall back to the one before
+                record.rev = rev
+                best[key] = newer(known, record) or record
+                break
+        return best, damaged
+
+    def images_present(self) -> set[str]:
+        """Keys whose image file is at the destination (one listing)."""
+        suffix = f".{IMAGE_EXTENSION}"
+        return {n[: -len(suffix)] for n in self._names(self.destination) if n.endswith(suffix) and _KEY.match(n[: -len(suffix)])}
+
+    def write_manifest(self, records: Iterable[ItemRecord]) -> ObjectStoragePath:
+        """Replace ``manifest.jsonl`` (the human-readable view) atomically."""
+        from airflow_provider_stablecog.utils.storage import write_bytes_atomic
+
+        target = self.destination / MANIFEST_NAME
+        body = "".join(json.dumps(r.manifest()) + "\n" for r in sorted(records, key=lambda r: r.input or r.key))
+        write_bytes_atomic(target, body.encode("utf-8"))
+        return target
+
+    @staticmethod
+    def _names(folder: ObjectStoragePath) -> list[str]:
+        try:
+            return [os.path.basename(str(p).rstrip("/")) for p in folder.iterdir()]
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+
+
+def _create(target: ObjectStoragePath, data: bytes) -> None:
+    """Write a new object whole: a temporary name and a rename locally, one PUT elsewhere."""
+    if target.protocol in ("file", "local", ""):
+        temp = target.parent / f".{target.name}.{uuid.uuid4().hex[:8]}.part"
+        with temp.open("wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(temp.path, target.path)
+    else:
+        target.write_bytes(data)
+
+
+def _read_text(path: ObjectStoragePath) -> tuple[str | None, int]:
+    """The object's text, or None when missing; undecodable bytes count as one damaged record."""
+    try:
+        data = path.read_bytes()
+    except (FileNotFoundError, IsADirectoryError):
+        return None, 0
+    try:
+        return data.decode("utf-8"), 0
+    except UnicodeDecodeError:
+        # keep every line that decodes; the damaged ones are dropped (and counted by the caller)
+        lines = []
+        bad = 0
+        for raw in data.split(b"\n"):
+            try:
+                lines.append(raw.decode("utf-8"))
+            except UnicodeDecodeError:
+                bad += 1
+        return "\n".join(lines), bad
+
+
+def _parse(line: str) -> ItemRecord | None:
+    try:
+        return ItemRecord.from_dict(json.loads(line))
+    except ValueError:
+        return None
+
+
+class Ledger:
+    """The records of one task's items, durable in the state store and at the destination.
+
+    Thread-safe: worker threads call :meth:`sent` just before a request and :meth:`save` the
+    moment its answer arrives; both return only once the record is durable in every store.
+    """
+
+    def __init__(
+        self,
+        *,
+        store: StateStore | None = None,
+        destination: ObjectStoragePath | None = None,
+        log: logging.Logger | None = None,
+    ) -> None:
+        self.state = StateStoreLedger(store) if store is not None else None
+        self.dest = DestinationLedger(destination) if destination is not None else None
+        self.log = log or logging.getLogger(__name__)
+        self.records: dict[str, ItemRecord] = {}
+        self.images: set[str] = set()
+        self.damaged = 0
+        self._touched: set[str] = set()
+        self._lock = threading.Lock()
+
+    def load(self, keys: Iterable[str] | None = None) -> dict[str, ItemRecord]:
+        """Read both stores (newest version of each key wins); report damaged records once."""
+        found: dict[str, ItemRecord] = {}
+        damaged = 0
+        for source in (self.dest, self.state):
+            if source is None:
+                continue
+            try:
+                records, bad = source.load()
+            except OSError as exc:
+                self.log.warning("Could not read the ledger in %s (%s: %s); treating it as empty", _where(source), type(exc).__name__, exc)
+                continue
+            damaged += bad
+            for key, record in records.items():
+                found[key] = newer(found.get(key), record) or record
+        if self.dest is not None:
+            try:
+                self.images = self.dest.images_present()
+            except OSError:
+                self.images = set()
+        if keys is not None:
+            wanted = set(keys)
+            found = {k: r for k, r in found.items() if k in wanted}
+        if damaged:
+            self.log.warning(
+                "Ignored %d damaged ledger record(s) (undecodable or truncated); their items count as not done", damaged
+            )
+        self.damaged = damaged
+        self.records.update(found)
+        return found
+
+    def image_present(self, key: str) -> bool:
+        return key in self.images
+
+    def sent(self, record: ItemRecord) -> str:
+        """Record, durably, that a request for this item is about to be sent; returns its nonce."""
+        nonce = uuid.uuid4().hex[:12]
+        with self._lock:
+            record.pending = [*record.pending, nonce]
+        self.save(record)
+        return nonce
+
+    def settle(self, record: ItemRecord, nonce: str) -> None:
+        """The request ``nonce`` has an outcome (answer or error); call :meth:`save` after."""
+        with self._lock:
+            record.pending = [n for n in record.pending if n != nonce]
+
+    def save(self, record: ItemRecord) -> None:
+        """Make this version of the record durable in every store (state store, destination)."""
+        snapshot = record.copy()
+        if self.state is not None:
+            with self._lock:
+                self.state.write(snapshot)
+        if self.dest is not None:
+            self.dest.write(snapshot)
+            record.rev = snapshot.rev
+        with self._lock:
+            self.records[record.key] = record
+            self._touched.add(record.key)
+
+    def finish(self, records: Iterable[ItemRecord] = ()) -> ObjectStoragePath | None:
+        """End of a try: one segment with this try's records, then the manifest view."""
+        for record in records:
+            self.records[record.key] = record
+            self._touched.add(record.key)
+        if self.dest is None:
+            return None
+        touched = [self.records[k] for k in sorted(self._touched)]
+        for record in touched:
+            if record.rev is None:  # never saved (e.g. a pre-flight failure): one version now
+                self.dest.write(record)
+        self.dest.write_segment(touched)
+        everything, _ = self.dest.load()
+        self.dest.compact(everything)
+        return self.dest.write_manifest(everything.values())
+
+
+def _where(source: Any) -> str:
+    return str(source.destination) if isinstance(source, DestinationLedger) else "the task state store"
+
+
+def load_destination(destination: ObjectStoragePath | str | None) -> dict[str, ItemRecord]:
+    """The newest record of every key at a destination (empty when there is none)."""
+    if destination is None:
+        return {}
+    from airflow_provider_stablecog.utils.storage import resolve_destination
+
+    return Ledger(destination=resolve_destination(destination)).load()
+
+
+__all__ = [
+    "FAILED",
+    "NOT_STARTED",
+    "SKIPPED",
+    "UPSCALED",
+    "DestinationLedger",
+    "MANIFEST_FIELDS",
+    "MANIFEST_NAME",
+    "ItemRecord",
+    "Ledger",
+    "StateStoreLedger",
+    "credits_needed",
+    "image_name",
+    "item_key",
+    "load_destination",
+]

@@ -1,0 +1,166 @@
+"""The credit ledger on its own: one record, one 'already paid' rule, crash- and writer-safe storage."""
+
+from __future__ import annotations
+
+import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from airflow_provider_stablecog.ledger import (
+    ITEMS_DIR,
+    LEDGER_DIR,
+    MAX_SEGMENTS,
+    SEGMENTS_DIR,
+    STATE_VALUE_LIMIT,
+    DestinationLedger,
+    ItemRecord,
+    Ledger,
+    credits_needed,
+    item_key,
+)
+from airflow_provider_stablecog.utils.storage import MANIFEST_NAME, resolve_destination, write_manifest
+from tests.reliability.support import MemoryStateStore
+
+PRESIGNED = "https://bucket.s3.test/a.png?X-Amz-Credential=AKIA&X-Amz-Signature=deadbeefcafe1234"
+
+
+def _answered(identity: str, n: int = 0, model: str | None = None) -> ItemRecord:
+    record = ItemRecord(key=item_key(identity, model), input=identity, model_id=model)
+    record.answered(f"out-{n}", f"https://cdn.test/{n}.jpeg", charged=True)
+    return record
+
+
+def test_the_key_hashes_the_input_and_the_model():
+    a, b = item_key("https://x.test/a.png"), item_key("https://x.test/a.png", "5c9e8f2b-2d5a-4f3e-9a41-7f3b9c1d2e4f")
+    assert a != b and len(a) == len(b) == 32
+    assert item_key(PRESIGNED) != item_key(PRESIGNED.replace("deadbeef", "00000000"))
+    assert "deadbeef" not in item_key(PRESIGNED)
+
+
+def test_paid_is_the_one_rule_and_credits_needed_uses_it():
+    paid, pending, failed = _answered("a"), ItemRecord(key=item_key("b"), pending=["n1"]), ItemRecord(key=item_key("c"))
+    failed.fail("failed", "output_not_found", "c: gone")
+    assert paid.paid and not pending.paid and pending.in_flight_at_crash and not failed.paid
+    known = {r.key: r for r in (paid, pending, failed)}
+    keys = [paid.key, pending.key, failed.key, item_key("d"), item_key("free")]
+    assert credits_needed(keys, known, free={item_key("free")}) == 3
+
+
+def test_views_are_derived_from_the_record():
+    record = _answered("https://x.test/a.png")
+    record.possibly_double_charged = 1
+    assert set(record.manifest()) >= {"key", "input", "status", "output_id", "url", "credits_charged", "possibly_double_charged"}
+    assert record.xcom() == {
+        "input": "https://x.test/a.png", "status": "not_started", "output_id": "out-0",
+        "url": "https://cdn.test/0.jpeg", "possibly_double_charged": 1,
+    }
+    assert "message" not in record.state_value() and len(json.dumps(record.state_value())) < 400
+
+
+def test_destination_versions_are_created_never_rewritten_and_the_newest_wins(tmp_path):
+    dest = DestinationLedger(resolve_destination(tmp_path))
+    record = ItemRecord(key=item_key("a"), input="a", pending=["n1"])
+    dest.write(record)
+    record.pending = []
+    record.answered("o", "https://cdn.test/o.jpeg", charged=True)
+    dest.write(record)
+    files = sorted((tmp_path / LEDGER_DIR / ITEMS_DIR).iterdir())
+    assert len(files) == 2
+    loaded, damaged = dest.load()
+    assert damaged == 0 and loaded[record.key].paid and loaded[record.key].credits_charged == 1
+
+
+def test_a_damaged_newest_version_falls_back_to_the_one_before(tmp_path):
+    dest = DestinationLedger(resolve_destination(tmp_path))
+    record = _answered("a")
+    dest.write(record)
+    newest = sorted((tmp_path / LEDGER_DIR / ITEMS_DIR).iterdir())[-1]
+    broken = newest.with_name(f"{record.key}.{'z' * 13}-ffffff.json")
+    broken.write_bytes(b'{"key": "' + record.key.encode() + b'", "url": "https://cdn.te')  # truncated
+    loaded, damaged = dest.load()
+    assert damaged == 1 and loaded[record.key].url == "https://cdn.test/0.jpeg"
+
+
+def test_invalid_utf8_and_truncated_lines_are_survived_and_counted_once(tmp_path, caplog):
+    records = [_answered(f"https://x.test/{i}.png", i).manifest() for i in range(3)]
+    write_manifest(tmp_path, records)
+    manifest = tmp_path / MANIFEST_NAME
+    manifest.write_bytes(manifest.read_bytes() + b'{"key": "\xff\xfe bad"}\n{"key": "abc", "url": "htt\n')
+    ledger = Ledger(destination=resolve_destination(tmp_path))
+    loaded = ledger.load()
+    assert len(loaded) == 3 and all(r.paid for r in loaded.values())
+    assert ledger.damaged == 2
+    assert sum("damaged ledger record" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_a_manifest_of_provider_0_1_is_read_as_paid(tmp_path):
+    url = "https://x.test/legacy.png"
+    write_manifest(tmp_path, [{"input": url, "key": url, "status": "upscaled", "url": "https://cdn.test/l.jpeg", "path": "x.jpg"}])
+    loaded = Ledger(destination=resolve_destination(tmp_path)).load()
+    assert loaded[item_key(url)].paid
+
+
+def test_segments_cover_item_versions_and_are_merged_past_the_limit(tmp_path):
+    target = resolve_destination(tmp_path)
+    for run in range(MAX_SEGMENTS + 2):
+        ledger = Ledger(destination=target)
+        ledger.load()
+        for i in range(3):
+            ledger.save(_answered(f"https://x.test/{run}-{i}.png", i))
+        ledger.finish()
+    segments = list((tmp_path / LEDGER_DIR / SEGMENTS_DIR).glob("*.jsonl"))
+    assert 1 <= len(segments) <= MAX_SEGMENTS
+    assert not list((tmp_path / LEDGER_DIR / ITEMS_DIR).glob("*.json"))  # all covered by segments
+    everything = Ledger(destination=target).load()
+    assert len(everything) == 3 * (MAX_SEGMENTS + 2) and all(r.paid for r in everything.values())
+    assert len((tmp_path / MANIFEST_NAME).read_text().splitlines()) == len(everything)
+
+
+def test_state_store_values_stay_small_and_a_retry_reads_them(tmp_path):
+    store = MemoryStateStore()
+    ledger = Ledger(store=store)
+    records = [ItemRecord(key=item_key(f"https://x.test/{i}.png?sig=s3cret"), input=f"https://x.test/{i}.png?sig=***") for i in range(600)]
+    for record in records:
+        ledger.sent(record)
+    for record in records[:400]:
+        record.pending = []
+        record.answered("o", "https://cdn.test/" + "x" * 200 + ".jpeg", charged=True)
+        ledger.save(record)
+    assert max(len(json.dumps(v)) for v in store.values()) < 1000 < STATE_VALUE_LIMIT
+    assert "s3cret" not in json.dumps(store)
+    loaded = Ledger(store=store).load()
+    assert sum(r.paid for r in loaded.values()) == 400
+    assert sum(r.in_flight_at_crash for r in loaded.values()) == 200
+
+
+def _write_concurrently(target, tasks: int, per_task: int) -> None:
+    barrier = threading.Barrier(tasks)
+
+    def task(t: int) -> None:
+        ledger = Ledger(destination=target)
+        ledger.load()
+        barrier.wait()
+        for i in range(per_task):
+            record = ItemRecord(key=item_key(f"https://x.test/new-{t}-{i}.png"), input=f"new-{t}-{i}")
+            ledger.sent(record)
+            record.pending = []
+            record.answered(f"o{t}-{i}", f"https://cdn.test/{t}/{i}.jpeg", charged=True)
+            ledger.save(record)
+        ledger.finish()
+
+    with ThreadPoolExecutor(tasks) as pool:
+        list(pool.map(task, range(tasks)))
+
+
+@pytest.mark.parametrize("trial", range(3))
+def test_four_writers_on_a_destination_of_5000_records_lose_nothing(tmp_path, trial):
+    target = resolve_destination(tmp_path / "dest")
+    old = [_answered(f"https://x.test/old-{i}.png", i) for i in range(5000)]
+    for record in old:
+        record.rev = "0000000000000-000000"
+    DestinationLedger(target).write_segment(old)
+    _write_concurrently(target, tasks=4, per_task=25)
+    loaded = Ledger(destination=target).load()
+    assert len(loaded) == 5100 and all(r.paid for r in loaded.values())
