@@ -99,9 +99,9 @@ def __dir__() -> list[str]:
 
 
 NO_STATE_STORE_MESSAGE = (
-    "%s: a retried try resumes only from what is recorded at the destination (manifest.jsonl), so "
-    "nothing recorded there is paid for twice; without a destination, images that a failed try had "
-    "already paid for are upscaled (and paid for) again"
+    "%s: a retried try resumes only from what is recorded at the destination, so nothing recorded "
+    "there is paid for twice; without a destination, a retry cannot know what an earlier try was "
+    "answered and may pay for those images again"
 )
 
 

@@ -83,6 +83,6 @@ def test_missing_task_state_store_is_said_once(caplog):
     assert record.levelno == logging.WARNING
     message = record.getMessage()
     assert "no task state store" in message
-    assert "manifest.jsonl" in message and "paid for twice" in message
+    assert "recorded at the destination" in message and "paid for twice" in message
     if not compat.AIRFLOW_V_3_3_PLUS:
         assert "Airflow 3.3" in message
