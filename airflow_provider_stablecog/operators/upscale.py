@@ -114,6 +114,8 @@ class UpscaleOperator(BaseOperator):
         self.downscale_oversized = downscale_oversized
         self.progress_interval = progress_interval
         self._stop: threading.Event | None = None  # made in execute: a lock cannot be deep-copied
+        #: the last execute's spend and outcome (also pushed as the ``summary`` XCom)
+        self.summary: dict[str, Any] = {}
         _validate_static(self)
         if emit_asset and isinstance(destination, str) and "{{" not in destination:
             self._add_destination_asset(destination)
@@ -171,7 +173,10 @@ class UpscaleOperator(BaseOperator):
             if credits is not None else "no credit needed",
         )
         report = batch.run(credits)
-        self._log_summary(report, plan)
+        self.summary = self._log_summary(report, plan)
+        ti = context.get("ti")
+        if ti is not None:  # the spend report, for a downstream task (e.g. a cost tracker)
+            ti.xcom_push(key="summary", value=self.summary)
         self._emit_asset_events(context, report, destination)
         self._raise_if_incomplete(report, plan)
         return self._xcom(plan, batch)
@@ -272,7 +277,8 @@ class UpscaleOperator(BaseOperator):
         self.log.info("Dry run, nothing sent: %s", result)
         return result
 
-    def _log_summary(self, report: BatchReport, plan: InputPlan) -> None:
+    def _log_summary(self, report: BatchReport, plan: InputPlan) -> dict[str, Any]:
+        """Log the summary table; return it as a dict (keys in snake case), also the ``summary`` XCom."""
         counts = dict(report.counts)
         if plan.invalid:
             counts["failed"] = counts.get("failed", 0) + len(plan.invalid)
@@ -305,6 +311,8 @@ class UpscaleOperator(BaseOperator):
         ]
         width = max(len(k) for k, _ in rows)
         self.log.info("Summary\n%s", "\n".join(f"  {k:<{width}}  {v}" for k, v in rows))
+        summary = {k.replace(" ", "_").replace("-", "_").replace("/", "_per_"): v for k, v in rows}
+        summary["elapsed"] = round(report.elapsed, 3)
         if report.possibly_double_charged:
             doubled = [r.input for r in report.results.values() if r.possibly_double_charged]
             self.log.warning(
@@ -313,6 +321,7 @@ class UpscaleOperator(BaseOperator):
                 report.possibly_double_charged, ", ".join(doubled[:MAX_ERRORS_SHOWN]),
                 f" and {len(doubled) - MAX_ERRORS_SHOWN} more (see the manifest)" if len(doubled) > MAX_ERRORS_SHOWN else "",
             )
+        return summary
 
     def _emit_asset_events(self, context: Context, report: BatchReport, destination: ObjectStoragePath | None) -> None:
         from airflow.sdk import Asset
