@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-
 # What StablecogHook uses for an empty extra, shown in the form. Literal on purpose: Airflow calls
 # get_provider_info while importing airflow.sdk, so this module must not import the client.
 # tests/test_provider_info.py checks that they match the hook's real defaults.

@@ -122,7 +122,7 @@ class StablecogCreditsTrigger(BaseTrigger):
                 # ends by itself at the connection's read timeout)
                 bound = max(self.end_time - time.time(), 0.0) + DEADLINE_GRACE
                 remaining = (await asyncio.wait_for(hook.aget_credits(), bound)).total_remaining_credits
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 self.log.warning("No answer from the Stablecog credits route before the deadline")
             except Exception as exc:
                 kind = classify_credits_error(exc)

@@ -102,8 +102,14 @@ def test_the_ui_test_round_trip_keeps_the_base_url(monkeypatch):
 @pytest.mark.parametrize("empty", [None, "", "  "])
 def test_empty_extras_mean_the_defaults(stablecog_conn, empty):
     """A form saved with empty fields stores null or "": nothing is frozen, the defaults apply."""
-    stablecog_conn(extra={k: empty for k in ("timeout", "connect_timeout", "plan_concurrency", "rate_limit", "max_retries", "retry_backoff")})
-    from airflow_provider_stablecog.client import DEFAULT_CONNECT_TIMEOUT, DEFAULT_RATE_LIMIT, DEFAULT_READ_TIMEOUT
+    from airflow_provider_stablecog.client import (
+        DEFAULT_CONNECT_TIMEOUT,
+        DEFAULT_RATE_LIMIT,
+        DEFAULT_READ_TIMEOUT,
+    )
+
+    names = ("timeout", "connect_timeout", "plan_concurrency", "rate_limit", "max_retries", "retry_backoff")
+    stablecog_conn(extra=dict.fromkeys(names, empty))
 
     settings = StablecogHook().settings
     assert (settings.read_timeout, settings.connect_timeout) == (DEFAULT_READ_TIMEOUT, DEFAULT_CONNECT_TIMEOUT)
@@ -149,39 +155,39 @@ def test_defaults_when_only_the_key_is_set(monkeypatch):
 def test_plain_http_refused_for_non_loopback(stablecog_conn, host):
     stablecog_conn(host=host)
     with pytest.raises(StablecogConfigError, match="https://"):
-        StablecogHook().settings
+        _ = StablecogHook().settings
 
 
 @pytest.mark.parametrize("host", ["ftp://x", "https://"])
 def test_bad_base_url(stablecog_conn, host):
     stablecog_conn(host=host)
     with pytest.raises(StablecogConfigError, match="base URL"):
-        StablecogHook().settings
+        _ = StablecogHook().settings
 
 
 def test_missing_password(stablecog_conn):
     stablecog_conn(password=None)
     with pytest.raises(StablecogConfigError, match="'API key' field") as info:
-        StablecogHook().settings
+        _ = StablecogHook().settings
     assert "Connection 'stablecog_default' has no API key" in str(info.value)  # tasks name it
 
 
 def test_credentials_in_the_base_url_are_refused(stablecog_conn):
     stablecog_conn(host="https://user:hunter2@api.stablecog.com")
     with pytest.raises(StablecogConfigError, match="user:password@") as info:
-        StablecogHook().settings
+        _ = StablecogHook().settings
     assert "hunter2" not in str(info.value)
 
 
 def test_bad_extra(stablecog_conn):
     stablecog_conn(extra={"timeout": "soon"})
     with pytest.raises(StablecogConfigError, match="'timeout' must be a number"):
-        StablecogHook().settings
+        _ = StablecogHook().settings
 
 
 def test_unknown_connection_id():
     with pytest.raises(Exception, match="no_such_conn"):
-        StablecogHook("no_such_conn").settings
+        _ = StablecogHook("no_such_conn").settings
 
 
 def test_test_connection_reports_credits(stablecog_conn, requests_mock):
@@ -271,7 +277,7 @@ def _serve_once(status: int, body: str, delay: float = 0.0):
     seen = {}
 
     class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802
+        def do_GET(self):
             seen["auth"] = self.headers.get("Authorization")
             seen["path"] = self.path
             time.sleep(delay)

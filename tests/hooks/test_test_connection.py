@@ -32,7 +32,7 @@ class Answering:
         outer = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):  # noqa: N802
+            def do_GET(self):
                 outer.hits += 1
                 self.send_response(status)
                 self.send_header("Content-Type", content_type)
