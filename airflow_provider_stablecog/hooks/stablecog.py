@@ -344,6 +344,7 @@ class StablecogHook(BaseHook):
         shown = redact_url(settings.base_url)
         if thread.is_alive():
             client.cancel()
+            client.close()  # aborts a request in flight; a hanging name lookup ends by itself
             return False, (
                 f"No answer from {shown} within {deadline:.0f} s (the name lookup or the connection "
                 "hangs): check the Base URL and that this machine can reach it"
