@@ -447,6 +447,10 @@ class AirflowStack:
             "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
             "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT": "300",
             "AIRFLOW__TRIGGERER__CAPACITY": "50",
+            # a loaded CI machine (2 cores): the default 5 s read timeout of the task -> api-server
+            # calls failed workloads before they started
+            "AIRFLOW__WORKERS__EXECUTION_API_TIMEOUT": "60",
+            "AIRFLOW__WORKERS__EXECUTION_API_RETRIES": "8",
             "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(self.logs_folder),
             "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
             "PYTHONUNBUFFERED": "1",
@@ -848,6 +852,7 @@ def main(argv: list[str] | None = None) -> int:
         stop_requested = True
 
     signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)  # Ctrl-C (also when started from a script that ignores it)
     s3: S3Server | None = None
     with run_emulator(credits=args.credits, plan_concurrency=4, latency=0.5) as emulator:
         try:
