@@ -359,7 +359,7 @@ class StablecogClient:
         self.upload_limiter = RateLimiter(upload, 1.0, jitter=jitter)
         self.user_agent = user_agent
         self.cancel_event = threading.Event()
-        self._aborted = False
+        self._aborted_at: float | None = None
         self._in_flight = _InFlight()
         self._warned_timeout = False
         self._session: requests.Session | None = None
@@ -411,7 +411,7 @@ class StablecogClient:
 
     def abort_in_flight(self) -> int:
         """Close the connections of requests still waiting for an answer; return how many."""
-        self._aborted = True
+        self._aborted_at = time.monotonic()
         return self._in_flight.abort_all()
 
     def close(self) -> None:
@@ -492,6 +492,8 @@ class StablecogClient:
                     if now - first_429 >= policy.rate_limit_budget or now - start >= policy.max_elapsed:
                         raise self._gave_up(exc, f"rate limited for {now - first_429:.0f} s") from None
                     log.info("Stablecog rate limit (429): %s; waiting with the other threads", context or "call")
+                    if not getattr(exc, "limiter_paused", False):  # e.g. an image host: no shared limiter
+                        self._sleep((exc.retry_after or 1.0) + random.uniform(0, policy.rate_limit_jitter))
                     continue  # the limiter holds this thread (and the others) back; no attempt spent
                 failures += 1
                 if is_worker_failure(exc):
@@ -534,16 +536,18 @@ class StablecogClient:
         if route == ROUTE_READ:
             self.rate_limiter.debit()  # the server counts reads on the create counter too
         url = f"{self.base_url}{path}"
+        started = time.monotonic()
         try:
             response = self.session.request(method, url, headers=headers, timeout=self.timeout, **kwargs)
             text = response.text
         except requests.RequestException as exc:
             # The exception text may contain the URL but never the headers; keep only its class.
-            raise self._transport_error(exc, method, path, what, charging) from None
+            raise self._transport_error(exc, method, path, what, charging, started) from None
         if response.status_code >= 400:
             error = error_from_response(response.status_code, response.headers, text, context=what)
             if isinstance(error, RateLimitError):
                 self._on_rate_limited(route, error.retry_after, _number(response.headers.get("X-RateLimit-Limit")))
+                error.limiter_paused = True  # type: ignore[attr-defined]
             raise error
         try:
             return response.json()
@@ -562,11 +566,11 @@ class StablecogClient:
             self.rate_limiter.on_rate_limited(retry_after)
 
     def _transport_error(
-        self, exc: BaseException, method: str, path: str, what: str, charging: bool
+        self, exc: BaseException, method: str, path: str, what: str, charging: bool, started: float
     ) -> StablecogError:
         """Classify a transport failure: not sent (retryable), lost after sending, or abandoned by us."""
         sent = request_was_sent(exc)
-        if self._aborted and self.cancel_event.is_set() and sent:
+        if sent and self._aborted_at is not None and self._aborted_at >= started:  # we closed it
             if charging:
                 return ResponseAbandonedError(
                     f"{what}: response_abandoned: {explain_abandoned()}", method=method, path=path

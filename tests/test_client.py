@@ -419,3 +419,20 @@ def test_rate_limiter_is_shared_by_threads():
     for t in threads:
         t.join()
     assert time.monotonic() - start >= 0.18  # 10 tokens after the first, at 50/s
+
+
+def test_download_429_waits_retry_after_without_a_shared_limiter(client, requests_mock, monkeypatch):
+    sleeps: list[float] = []
+    monkeypatch.setattr(client, "_sleep", sleeps.append)
+    url = "https://b.stablecog.test/out.jpeg"
+    m = requests_mock.get(
+        url,
+        [
+            {"status_code": 429, "text": "slow down", "headers": {"Retry-After": "2"}},
+            {"content": b"\xff\xd8\xff", "headers": {"Content-Type": "image/jpeg"}},
+        ],
+    )
+    sink = io.BytesIO()
+    sink.close = lambda: None
+    assert client.download(url, lambda: sink) == 3
+    assert m.call_count == 2 and len(sleeps) == 1 and 2.0 <= sleeps[0] <= 2.0 + client.retry_policy.rate_limit_jitter

@@ -178,6 +178,17 @@ def test_cancel_with_abort_closes_in_flight_requests(emu):
     assert (books["charged"], books["abandoned_by_client"], books["delivered"]) == (3, 3, 0)
 
 
+def test_close_with_requests_in_flight_abandons_them(emu):
+    emu.configure(latency=1.5)
+    client = make_client(emu)
+    with ThreadPoolExecutor(1) as pool:
+        future = pool.submit(client.upscale, emu.sample_url("32x32.png", seed=77))
+        _ledger_when(emu, lambda b: b["in_flight"] == 1)
+        client.close()
+        assert isinstance(future.exception(timeout=5), exc.ResponseAbandonedError)
+    assert _ledger_when(emu, lambda b: b["responses_lost"] == 1)["abandoned_by_client"] == 1
+
+
 def test_cancel_without_abort_still_receives_answers_in_flight(emu):
     emu.configure(latency=0.6)
     with make_client(emu) as client, ThreadPoolExecutor(2) as pool:
