@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from airflow_provider_stablecog.client import (
@@ -50,7 +52,7 @@ def test_waiters_restart_spaced_not_together():
         if limiter.delay() == 0:
             grants.append(clock.now)
         clock.now += 0.05
-    gaps = [b - a for a, b in zip(grants, grants[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(grants)]
     assert grants[0] > 102.0  # not at the very end of the pause
     assert len(grants) >= 3 and min(gaps) >= 0.4  # ~2/s after the halving (recovering), one at a time
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -163,7 +164,7 @@ class EmulatorConfig:
 
 
 def _coerce(changes: dict[str, Any]) -> dict[str, Any]:
-    types = {
+    types: dict[str, Callable[[Any], Any]] = {
         "latency": float,
         "latency_jitter": float,
         "rate_limit": float,

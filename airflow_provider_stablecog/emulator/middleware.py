@@ -38,7 +38,7 @@ class V1Middleware:
         self.state.ledger.requests_by_route[f"{method} {scope['path']}"] += 1
         kind = route_class(method, scope["path"])
         limit = self.state.config.limit_for(kind) if kind else 0
-        if limit <= 0:
+        if kind is None or limit <= 0:
             await self.app(scope, receive, send)
             return
         client = (scope.get("client") or ("unknown", 0))[0]
