@@ -493,7 +493,7 @@ class StablecogClient:
                         raise self._gave_up(exc, f"rate limited for {now - first_429:.0f} s") from None
                     log.info("Stablecog rate limit (429): %s; waiting with the other threads", context or "call")
                     if not getattr(exc, "limiter_paused", False):  # e.g. an image host: no shared limiter
-                        self._sleep((exc.retry_after or 1.0) + random.uniform(0, policy.rate_limit_jitter))
+                        self._sleep((1.0 if exc.retry_after is None else exc.retry_after) + random.uniform(0, policy.rate_limit_jitter))
                     continue  # the limiter holds this thread (and the others) back; no attempt spent
                 failures += 1
                 if is_worker_failure(exc):
