@@ -159,21 +159,36 @@ class StablecogCreditsSensor(BaseSensorOperator):
             raise AirflowFailException(f"{self.task_id}: {exc}") from None
 
     def _requirement_from_inputs(self, reserve: int) -> CreditRequirement:
+        """Credits the upscale of ``inputs`` into ``destination`` needs: the engine's own plan.
+
+        The same function as the operator and its dry run (:meth:`UpscaleBatch.plan
+        <airflow_provider_stablecog.batch.UpscaleBatch.plan>`): nothing for items already paid at
+        the destination, output IDs already upscaled (free), invalid items and local files that
+        fail the pre-check.
+        """
+        from airflow_provider_stablecog.batch import BatchOptions, UpscaleBatch
         from airflow_provider_stablecog.utils.inputs import coerce_input_list, plan_inputs
-        from airflow_provider_stablecog.utils.storage import done_keys
+        from airflow_provider_stablecog.utils.storage import resolve_destination
 
         items = coerce_input_list(self.inputs)
         plan = plan_inputs(items)
         destination = self.destination
         if isinstance(destination, str) and not destination.strip():
             destination = None  # a template that rendered empty: no destination, nothing is done yet
-        done = done_keys(destination) & plan.unique.keys() if destination is not None else set()
-        needed = len(plan.unique) - len(done)
-        detail = (
-            f"{len(items)} inputs: {len(plan.unique)} unique valid, {len(plan.invalid)} invalid (free), "
-            f"{len(done)} already upscaled in the destination"
+        batch = UpscaleBatch(
+            self.hook.client,
+            plan,
+            BatchOptions(model_id=getattr(self, "model_id", None) or None),
+            destination=resolve_destination(destination) if destination is not None else None,
+            log=self.log,
         )
-        return CreditRequirement(needed, reserve, detail)
+        todo = batch.plan()
+        detail = (
+            f"{len(items)} inputs: {len(plan.unique)} unique valid, {len(plan.invalid) + len(todo.preflight_failed)} "
+            f"invalid (free), {len(todo.skipped) + len(todo.to_download)} already paid in the destination, "
+            f"{len(todo.free)} already upscaled output IDs (free)"
+        )
+        return CreditRequirement(todo.credits_needed, reserve, detail)
 
     # -- one check -------------------------------------------------------------------------------
 

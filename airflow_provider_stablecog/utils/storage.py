@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import uuid
 from collections.abc import Callable, Iterable
 from typing import IO, TYPE_CHECKING, Any
@@ -43,11 +44,27 @@ def atomic_writer(target: ObjectStoragePath) -> AtomicWrite:
 
 
 class AtomicWrite:
-    """``with AtomicWrite(path) as fh: ...`` writes to a temporary sibling and renames on success."""
+    """``with AtomicWrite(path) as w: w.open().write(...)``: the target appears whole or not at all.
+
+    Locally the data goes to a temporary sibling that is renamed into place. On an object store
+    (no rename, and an object exists only once its upload is closed) it goes to a local temporary
+    file that is uploaded in one piece on success: a PUT is atomic. ``temp`` can be read back
+    (to verify the image) before the target is written.
+    """
 
     def __init__(self, target: ObjectStoragePath) -> None:
         self.target = target
-        self.temp = target.parent / f".{target.name}.{uuid.uuid4().hex[:12]}.part"
+        self._local_target = _is_local(target)
+        if self._local_target:
+            self.temp = target.parent / f".{target.name}.{uuid.uuid4().hex[:12]}.part"
+        else:
+            import tempfile
+
+            from airflow.sdk import ObjectStoragePath
+
+            fd, name = tempfile.mkstemp(prefix="stablecog-", suffix=".part")
+            os.close(fd)
+            self.temp = ObjectStoragePath("file://" + name)
         self._fh: IO[bytes] | None = None
 
     def open(self) -> IO[bytes]:
@@ -55,22 +72,25 @@ class AtomicWrite:
         if self._fh is not None:
             self._fh.close()
         self._fh = self.temp.open("wb")
-        return _NoCloseFile(self._fh)
+        return _NoCloseFile(self._fh)  # type: ignore[return-value]
 
     def __enter__(self) -> AtomicWrite:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if self._fh is not None:
+            self._fh.flush()
             self._fh.close()
-        if exc_type is None and self._fh is not None:
-            self.temp.rename(self.target) if _is_local(self.target) else self._copy_then_remove()
-        elif self.temp.exists():
-            self.temp.unlink()
-
-    def _copy_then_remove(self) -> None:
-        # object stores have no atomic rename; a put of the whole object is atomic instead
-        self.temp.fs.mv(self.temp.path, self.target.path)
+        try:
+            if exc_type is None and self._fh is not None:
+                if self._local_target:
+                    os.replace(self.temp.path, self.target.path)
+                else:
+                    with self.temp.open("rb") as src, self.target.open("wb") as dst:
+                        shutil.copyfileobj(src, dst, 1024 * 1024)
+        finally:
+            if self.temp.exists():
+                self.temp.unlink()
 
 
 class _NoCloseFile:
