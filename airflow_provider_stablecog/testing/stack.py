@@ -852,7 +852,8 @@ def main(argv: list[str] | None = None) -> int:
         stop_requested = True
 
     signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)  # Ctrl-C (also when started from a script that ignores it)
+    # Ctrl-C interrupts the start-up (KeyboardInterrupt), and ends the wait loop once running
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     s3: S3Server | None = None
     with run_emulator(credits=args.credits, plan_concurrency=4, latency=0.5) as emulator:
         try:
@@ -887,6 +888,7 @@ def main(argv: list[str] | None = None) -> int:
                     "\n  Ctrl-C stops everything.",
                     flush=True,
                 )
+                signal.signal(signal.SIGINT, on_signal)
                 while not stop_requested:
                     for service in stack.services.values():
                         if not service.alive():
