@@ -146,7 +146,7 @@ class UpscaleOperator(BaseOperator):
         self._log_invalid(plan)
         concurrency = self._concurrency()
         # the session is made at the first request: size its pool for the threads first
-        self.hook.client.pool_size = max(self.hook.client.pool_size, concurrency + 4)
+        self.hook.pool_size = max(self.hook.pool_size, concurrency + 4)
         model_id = self._checked_model_id()
         destination = self._prepare_destination()
         ledger = Ledger(store=_task_state_store(context, self.log), destination=destination, log=self.log)
