@@ -257,43 +257,45 @@ class StateStore(Protocol):
 class StateStoreLedger:
     """Records in ``task_state_store``: one key per record version, written once.
 
-    The store has no listing, so the keys are numbered: ``stablecog.ledger.<n>`` holds the n-th
-    record written by this task instance (any try), ``stablecog.ledger.next`` the count. Each value
-    is one small record, far below ``[state_store] max_value_storage_bytes``.
+    The store has no listing, so the keys are numbered without gaps: ``stablecog.ledger.<n>`` holds
+    the n-th record written by this task instance (any try); a reader stops at the first missing
+    number. One ``set`` per record version, each value one small record, far below
+    ``[state_store] max_value_storage_bytes``.
     """
 
     def __init__(self, store: StateStore) -> None:
         self.store = store
         self._next: int | None = None
 
-    def _count(self) -> int:
-        if self._next is None:
-            try:
-                self._next = int(self.store.get(f"{STATE_PREFIX}.next", 0) or 0)
-            except (TypeError, ValueError):
-                self._next = 0
-        return self._next
+    def _get(self, n: int) -> Any:
+        return self.store.get(f"{STATE_PREFIX}.{n}", None)
 
     def write(self, record: ItemRecord) -> None:
-        n = self._count()
+        """Callers serialise writes (the numbering must have no gaps)."""
+        if self._next is None:
+            self._next = 0
+            while self._get(self._next) is not None:
+                self._next += 1
         value = record.state_value()
         if len(json.dumps(value)) > STATE_VALUE_LIMIT:  # never: URLs are short. Keep the essentials.
             value = {k: value[k] for k in ("key", "status", "output_id", "url", "pending") if k in value}
-        self.store.set(f"{STATE_PREFIX}.{n}", value)
-        self._next = n + 1
-        self.store.set(f"{STATE_PREFIX}.next", self._next)
+        self.store.set(f"{STATE_PREFIX}.{self._next}", value)
+        self._next += 1
 
     def load(self) -> tuple[dict[str, ItemRecord], int]:
         """Every key's newest record, and how many stored values were damaged."""
         out: dict[str, ItemRecord] = {}
         damaged = 0
-        for n in range(self._count()):
-            record = ItemRecord.from_dict(self.store.get(f"{STATE_PREFIX}.{n}", None))
+        n = 0
+        while (value := self._get(n)) is not None:
+            record = ItemRecord.from_dict(value)
             if record is None:
                 damaged += 1
-                continue
-            record.rev = f"{n:012d}"
-            out[record.key] = newer(out.get(record.key), record) or record
+            else:
+                record.rev = f"{n:012d}"
+                out[record.key] = newer(out.get(record.key), record) or record
+            n += 1
+        self._next = n
         return out, damaged
 
 
@@ -331,9 +333,10 @@ class DestinationLedger:
         name = f"{new_rev()}-{uuid.uuid4().hex[:8]}.jsonl"
         body = "".join(json.dumps(r.manifest()) + "\n" for r in records)
         _create(self.segments / name, body.encode())
-        covered = {f"{r.key}.{r.rev}.json" for r in records}
+        covered = {r.key: r.rev or "" for r in records}
         for entry in self._names(self.items):
-            if entry in covered:
+            m = _ITEM_NAME.match(entry)
+            if m and m["key"] in covered and m["rev"] <= covered[m["key"]]:  # this version or older
                 try:
                     (self.items / entry).unlink()
                 except (FileNotFoundError, OSError):
