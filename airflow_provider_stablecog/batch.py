@@ -363,7 +363,7 @@ class UpscaleBatch:
 
     def _finish_ledger(self) -> None:
         try:
-            target = self.ledger.finish([r for r in self.results.values() if r.status == FAILED and r.rev is None])
+            target = self.ledger.finish([r for r in self.results.values() if r.error])
         except OSError as exc:
             self.log.warning(
                 "Could not write the ledger segment or manifest (%s: %s); every item record is already durable, "

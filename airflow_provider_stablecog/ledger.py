@@ -542,17 +542,20 @@ class Ledger:
             self._touched.add(record.key)
 
     def finish(self, records: Iterable[ItemRecord] = ()) -> ObjectStoragePath | None:
-        """End of a try: one segment with this try's records, then the manifest view."""
-        for record in records:
-            self.records[record.key] = record
-            self._touched.add(record.key)
+        """End of a try: one segment with this try's records, then the manifest view.
+
+        ``records`` may add records that changed without being saved (not started, pre-flight
+        failures): they go into the segment only, one write for all of them.
+        """
         if self.dest is None:
             return None
-        touched = [self.records[k] for k in sorted(self._touched)]
-        for record in touched:
-            if record.rev is None:  # never saved (e.g. a pre-flight failure): one version now
-                self.dest.write(record)
-        self.dest.write_segment(touched)
+        with self._lock:
+            saved = [self.records[k] for k in sorted(self._touched)]
+            extra = [r for r in records if r.key not in self._touched]
+        for record in extra:
+            record.rev = new_rev()
+            self.records[record.key] = record
+        self.dest.write_segment([*saved, *extra])
         everything, _ = self.dest.load()
         self.dest.compact(everything)
         return self.dest.write_manifest(everything.values())
