@@ -114,7 +114,12 @@ def test_fanout_without_the_pool_fails_naming_the_pool_and_command(stack, emulat
         states = stack.task_states(dag_id, run_id)
         assert states["check_pool"] == "failed", states
         assert {s for k, s in states.items() if k.startswith("upscale_chunk")} == {"scheduled"}, states
-        log = stack.task_log(dag_id, run_id, "check_pool")
+        # the state is reported before the supervisor has written the last lines of the log
+        deadline = time.monotonic() + 60
+        while "airflow pools set stablecog 5" not in (log := stack.task_log(dag_id, run_id, "check_pool")):
+            if time.monotonic() > deadline:
+                break
+            time.sleep(2)
         assert "airflow pools set stablecog 5" in log and "'stablecog'" in log, log[-3000:]
     finally:
         stack.set_pool("stablecog", POOL_SLOTS, "Stablecog plan")
