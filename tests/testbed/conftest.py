@@ -173,3 +173,10 @@ def samples(emulator, count: int, width: int = 64, height: int = 48) -> list[str
     return [emulator.sample_url(f"{width + i}x{height}.png") for i in range(count)]
 
 
+def wait_log(stack, dag_id: str, run_id: str, task_id: str, text: str, timeout: float = 60.0, **kwargs) -> str:
+    """The task's log once it contains ``text`` (a task's state is reported before the supervisor has
+    written the last lines of its log), or the log as it is after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while text not in (log := stack.task_log(dag_id, run_id, task_id, **kwargs)) and time.monotonic() < deadline:
+        time.sleep(2)
+    return log

@@ -12,7 +12,7 @@ import pytest
 from airflow_provider_stablecog.emulator.imaging import write_sample_images
 from airflow_provider_stablecog.utils.storage import read_manifest
 
-from .conftest import POOL_SLOTS, samples
+from .conftest import POOL_SLOTS, samples, wait_log
 
 pytestmark = pytest.mark.testbed
 
@@ -48,7 +48,7 @@ def test_scheduled_batch_missing_source_fails_with_what_to_do(stack, tmp_path):
     assert stack.wait_run(dag_id, run_id, RUN_TIMEOUT) == "failed"
     states = stack.task_states(dag_id, run_id)
     assert states["list_new_images"] == "failed", states
-    log = stack.task_log(dag_id, run_id, "list_new_images")
+    log = wait_log(stack, dag_id, run_id, "list_new_images", "STABLECOG_EXAMPLE_SOURCE")
     assert "does not exist" in log and "STABLECOG_EXAMPLE_SOURCE" in log, log[-3000:]
 
 
@@ -114,12 +114,7 @@ def test_fanout_without_the_pool_fails_naming_the_pool_and_command(stack, emulat
         states = stack.task_states(dag_id, run_id)
         assert states["check_pool"] == "failed", states
         assert {s for k, s in states.items() if k.startswith("upscale_chunk")} == {"scheduled"}, states
-        # the state is reported before the supervisor has written the last lines of the log
-        deadline = time.monotonic() + 60
-        while "airflow pools set stablecog 5" not in (log := stack.task_log(dag_id, run_id, "check_pool")):
-            if time.monotonic() > deadline:
-                break
-            time.sleep(2)
+        log = wait_log(stack, dag_id, run_id, "check_pool", "airflow pools set stablecog 5")
         assert "airflow pools set stablecog 5" in log and "'stablecog'" in log, log[-3000:]
     finally:
         stack.set_pool("stablecog", POOL_SLOTS, "Stablecog plan")
