@@ -149,11 +149,6 @@ def test_asset_producer_triggers_the_consumer(stack, emulator):
     assert report == {"events": 1, "upscaled": 4, "skipped": 0, "failed": 0, "images_in_destination": 4}
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="batch._download reads AtomicWrite.temp back before the write handle is closed: on S3 the "
-    ".part object exists only after close (FileNotFoundError)",
-)
 def test_scheduled_batch_into_s3_destination(stack, emulator, s3_server, testbed_bucket, tmp_path):
     """``destination="s3://bucket/prefix"`` through ObjectStoragePath and the aws_default connection."""
     emulator.reset()
