@@ -53,14 +53,17 @@ def test_killed_upscale_resumes_without_paying_twice(stack, plan2_emulator, tmp_
     ti = stack.task_instance(dag_id, run_id, "upscale")
     assert ti["try_number"] == 2, ti
     results = stack.xcom(dag_id, run_id, "upscale")
+    net = emulator.ledger()["net_charged"]
+    files = list(dest.glob("*.jpg"))
+    manifest = read_manifest(dest)
+    undelivered = [(r["input"], r["status"]) for r in manifest.values() if not r.get("path")]
+    facts = f"net_charged={net}, in_flight_at_kill={in_flight_at_kill}, files={len(files)}, manifest not delivered={undelivered}"
+    print(facts)
     assert len(results) == 60 and {r["status"] for r in results} <= {"upscaled", "skipped"}, [
         (r["input"], r["status"], r.get("error")) for r in results if r["status"] not in ("upscaled", "skipped")
     ]
-    assert len(list(dest.glob("*.jpg"))) == 60
-    manifest = read_manifest(dest)
-    undelivered = [(r["input"], r["status"]) for r in manifest.values() if not r.get("path")]
-    assert len(manifest) == 60 and not undelivered, undelivered
+    assert len(files) == 60, facts
+    assert net - 60 <= in_flight_at_kill, facts
+    assert len(manifest) == 60 and not undelivered, facts
     for record in manifest.values():
         assert Path(str(record["path"]).removeprefix("file://")).is_file(), record
-    net = emulator.ledger()["net_charged"]
-    assert net - 60 <= in_flight_at_kill, (net, in_flight_at_kill)
