@@ -25,11 +25,13 @@ and reserve.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
 import time
 from collections import Counter, deque
+from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -305,12 +307,18 @@ class UpscaleBatch:
         self._double_now = 0
         self._sent_any = False
         self._fresh_read_done = False
+        # requests at the server at once; workers write the ledger outside a slot, so durable
+        # writes overlap with other requests instead of holding the server's capacity idle
+        self._slots = _OrderedSlots(self.options.max_concurrency)
+        self._tickets: dict[str, int] = {}
+        self._halted = threading.Event()
+        self._sending = 0
         self._progress = _Progress(self.log, len(plan.to_upscale) + len(plan.to_download), self.options.progress_interval)
         # free items first: they need no credit and never block on the floor
         pending = deque(sorted(plan.to_upscale, key=lambda k: k not in plan.free))
         upscales: dict[Future, str] = {}
         downloads: dict[Future, str] = {}
-        up_pool = ThreadPoolExecutor(self.options.max_concurrency, thread_name_prefix="stablecog-upscale")
+        up_pool = ThreadPoolExecutor(2 * self.options.max_concurrency, thread_name_prefix="stablecog-upscale")
         down_pool = ThreadPoolExecutor(self.options.download_concurrency, thread_name_prefix="stablecog-download")
         try:
             for key in plan.to_download:
@@ -384,13 +392,14 @@ class UpscaleBatch:
         return self._balance - paid_in_flight - 1 >= self.options.credit_reserve
 
     def _dispatch(self, pending: deque[str], upscales: dict[Future, str], pool: ThreadPoolExecutor) -> None:
+        # one item queued per slot beyond the ones at the server, so each slot is refilled at once
         paid_in_flight = sum(1 for k in upscales.values() if not self._is_free(k))
-        while pending and len(upscales) < self.options.max_concurrency and self._may_start(pending[0], paid_in_flight):
+        while pending and len(upscales) < 2 * self.options.max_concurrency and self._may_start(pending[0], paid_in_flight):
             key = pending.popleft()
             paid_in_flight += 0 if self._is_free(key) else 1
+            self._tickets[key] = self._slots.ticket()
             upscales[pool.submit(self._upscale, key)] = key
             self._sent_any = True
-        self._max_in_flight = max(self._max_in_flight, len(upscales))
 
     def _refresh_balance(self) -> bool:
         """The floor blocks work with nothing in flight: read ``/v1/credits`` once; True if it helps."""
@@ -410,7 +419,14 @@ class UpscaleBatch:
         return False
 
     def _upscale(self, key: str) -> UpscaleResult:
-        """Worker thread: upload if needed, record the intent, send, record the answer."""
+        """Worker thread: upload if needed, record the intent, send (in dispatch order), record the answer."""
+        ticket = self._tickets.pop(key)
+        try:
+            return self._upscale_item(key, ticket)
+        finally:
+            self._slots.forfeit(ticket)  # a no-op once the ticket was served
+
+    def _upscale_item(self, key: str, ticket: int) -> UpscaleResult:
         item, record = self.items[key], self.results[key]
         value = item.value
         if item.needs_upload:
@@ -438,7 +454,8 @@ class UpscaleBatch:
                 code="destination_error",
             ) from None
         try:
-            answer = self.client.upscale(value, model_id=self.options.model_id)
+            with self._slot(ticket):
+                answer = self.client.upscale(value, model_id=self.options.model_id)
         except StablecogResponseLostError:
             raise  # stays pending until the coordinator decides (resend or give up)
         except BaseException:
@@ -462,6 +479,27 @@ class UpscaleBatch:
         except OSError as exc:  # the state store has it; finish() writes the destination again
             self.log.warning("Could not record the answer for %s at the destination (%s: %s)", record.input, type(exc).__name__, exc)
         return answer
+
+    @contextlib.contextmanager
+    def _slot(self, ticket: int) -> Iterator[None]:
+        """A place among the ``max_concurrency`` requests at the server (nothing sent after a stop)."""
+        self._slots.acquire(ticket)
+        try:
+            if self.stop_event.is_set() or self._fatal is not None or self._halted.is_set():
+                raise CancelledError("not sent: the batch was stopped before this request", code="cancelled")
+            with self._lock:
+                self._sending += 1
+                self._max_in_flight = max(self._max_in_flight, self._sending)
+            try:
+                yield
+            except StablecogFatalError:
+                self._halted.set()  # before the slot is released: no queued request may follow it
+                raise
+            finally:
+                with self._lock:
+                    self._sending -= 1
+        finally:
+            self._slots.release()
 
     def _on_upscaled(
         self,
@@ -526,6 +564,8 @@ class UpscaleBatch:
             if exc.code == "insufficient_credits":
                 self._balance = 0 if self._balance is None else min(self._balance, 0)
             record.fail(NOT_STARTED, exc.code, f"{record.input}: not upscaled: {exc.message}")
+        elif isinstance(exc, CancelledError) and self._fatal is not None:
+            record.fail(NOT_STARTED, self._fatal.code, f"{record.input}: not started: the batch stopped on {self._fatal.code}; add credits and clear the task to resume")
         elif isinstance(exc, CancelledError):
             record.fail(NOT_STARTED, exc.code, f"{record.input}: {exc.message}")
         else:
@@ -612,6 +652,50 @@ class UpscaleBatch:
                 record.fail(NOT_STARTED, "cancelled", f"{record.input}: in flight when the task was stopped (it may have been charged; the ledger recorded it, a retry resumes from there)")
         self._mark_not_started(pending)
         pending.clear()
+
+
+class _OrderedSlots:
+    """A semaphore that grants its places in ticket order (so items go out in input order).
+
+    ``ticket()`` is taken when an item is dispatched; the worker ``acquire(ticket)``-s a place just
+    before its request and ``release()``-s it when the answer is in. A worker that ends without
+    sending ``forfeit``-s its ticket so the ones after it are not held up.
+    """
+
+    def __init__(self, places: int) -> None:
+        self._free = places
+        self._next_ticket = 0
+        self._serving = 0
+        self._done: set[int] = set()
+        self._cond = threading.Condition()
+
+    def ticket(self) -> int:
+        with self._cond:
+            self._next_ticket += 1
+            return self._next_ticket - 1
+
+    def acquire(self, ticket: int) -> None:
+        with self._cond:
+            self._cond.wait_for(lambda: self._free > 0 and self._serving == ticket)
+            self._free -= 1
+            self._advance(ticket)
+
+    def release(self) -> None:
+        with self._cond:
+            self._free += 1
+            self._cond.notify_all()
+
+    def forfeit(self, ticket: int) -> None:
+        with self._cond:
+            if ticket >= self._serving:
+                self._advance(ticket)
+
+    def _advance(self, ticket: int) -> None:
+        self._done.add(ticket)
+        while self._serving in self._done:
+            self._done.discard(self._serving)
+            self._serving += 1
+        self._cond.notify_all()
 
 
 class _Progress:

@@ -334,13 +334,12 @@ class DestinationLedger:
         body = "".join(json.dumps(r.manifest()) + "\n" for r in records)
         _create(self.segments / name, body.encode())
         covered = {r.key: r.rev or "" for r in records}
+        stale = []
         for entry in self._names(self.items):
             m = _ITEM_NAME.match(entry)
             if m and m["key"] in covered and m["rev"] <= covered[m["key"]]:  # this version or older
-                try:
-                    (self.items / entry).unlink()
-                except (FileNotFoundError, OSError):
-                    pass
+                stale.append(self.items / entry)
+        _remove(stale)
         return name
 
     def compact(self, records: Mapping[str, ItemRecord], keep: int = MAX_SEGMENTS) -> None:
@@ -349,11 +348,7 @@ class DestinationLedger:
         if len(names) <= keep:
             return
         self.write_segment(records.values())
-        for name in names:
-            try:
-                (self.segments / name).unlink()
-            except (FileNotFoundError, OSError):
-                pass
+        _remove([self.segments / name for name in names])
 
     # -- read ------------------------------------------------------------------------------------
 
@@ -419,16 +414,33 @@ class DestinationLedger:
 
 
 def _create(target: ObjectStoragePath, data: bytes) -> None:
-    """Write a new object whole: a temporary name and a rename locally, one PUT elsewhere."""
+    """Write a new object whole: a temporary name and a rename locally, one PUT elsewhere.
+
+    Locally the data is in the OS once ``os.replace`` returns: it survives the death of the task
+    process (SIGKILL, OOM, timeout) — the failures this ledger is for. No fsync: a lost machine
+    takes its worker with it, and a version damaged by a power cut is read as absent.
+    """
     if target.protocol in ("file", "local", ""):
-        temp = target.parent / f".{target.name}.{uuid.uuid4().hex[:8]}.part"
-        with temp.open("wb") as fh:
+        temp = f"{os.path.dirname(target.path)}/.{target.name}.{uuid.uuid4().hex[:8]}.part"
+        with open(temp, "wb") as fh:
             fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(temp.path, target.path)
+        os.replace(temp, target.path)
     else:
         target.write_bytes(data)
+
+
+def _remove(paths: list[ObjectStoragePath]) -> None:
+    """Delete objects in bulk (one request per 1,000 on S3); missing ones are fine."""
+    if not paths:
+        return
+    try:
+        paths[0].fs.rm([p.path for p in paths])
+    except (FileNotFoundError, OSError):
+        for p in paths:
+            try:
+                p.unlink()
+            except (FileNotFoundError, OSError):
+                pass
 
 
 def _read_text(path: ObjectStoragePath) -> tuple[str | None, int]:

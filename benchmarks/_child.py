@@ -91,7 +91,7 @@ def run_operator(spec: dict[str, Any]) -> dict[str, Any]:
         "avg_input_chars": sum(len(r.get("input", "")) for r in result) / max(len(result), 1),
         "avg_url_chars": sum(len(r.get("url") or "") for r in result) / max(len(result), 1),
     }
-    if spec.get("destination"):
+    if spec.get("destination") and "://" not in spec["destination"]:
         sizes = [os.path.getsize(r["path"]) for r in result if r.get("path")]
         out["output_bytes_max"] = max(sizes, default=0)
         out["output_bytes_total"] = sum(sizes)
