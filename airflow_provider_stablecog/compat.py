@@ -43,9 +43,8 @@ __all__ = [
 
 def get_base_airflow_version_tuple() -> tuple[int, int, int]:
     """The running Airflow's ``(major, minor, micro)``, pre-release and local parts dropped."""
-    from packaging.version import Version
-
     from airflow import __version__
+    from packaging.version import Version
 
     version = Version(__version__)
     return version.major, version.minor, version.micro

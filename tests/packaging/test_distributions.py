@@ -195,9 +195,9 @@ def test_emulator_dependencies_are_an_extra(metadata: email.message.Message) -> 
         assert name in emulator, f"{name} missing from the emulator extra"
         assert name not in core, f"{name} is only for the emulator: not a hard dependency"
     test = _extra_requirements(metadata, "test")
-    assert any(
-        r.name == DIST_NAME and "emulator" in r.extras for r in test.values()
-    ) or set(emulator) <= set(test), "the test extra must bring the emulator extra"
+    assert any(r.name == DIST_NAME and "emulator" in r.extras for r in test.values()) or set(emulator) <= set(
+        test
+    ), "the test extra must bring the emulator extra"
 
 
 def _third_party_imports(source: Path) -> set[str]:
