@@ -121,7 +121,9 @@ with DAG(
         map_index_template="{{ stablecog_batch_label }}",
     ).expand(inputs=chunks)
 
-    @task.sensor(mode="reschedule", poke_interval=5, timeout=24 * 60 * 60)
+    # reschedule mode: no worker slot held between pokes; 30 s apart, so a worker that is slow to
+    # exit is gone before the next poke is queued
+    @task.sensor(mode="reschedule", poke_interval=30, timeout=24 * 60 * 60)
     def check_pool(params: dict | None = None, ti=None, run_id: str | None = None, **context) -> bool:
         """Fail with the fix when no chunk leaves *scheduled* in time (the pool is missing or too small).
 

@@ -719,6 +719,25 @@ class AirflowStack:
         except StackError as exc:
             raise StackError(f"{exc}\n{self.diagnostics(dag_id, run_id)}") from None
 
+    def wait_worker_released(
+        self, dag_id: str, run_id: str, task_id: str, map_index: int = -1, timeout: float = 90.0
+    ) -> None:
+        """Wait until the worker process that ran the task's last workload has exited.
+
+        A deferred (or rescheduled) task's worker can take seconds to exit on a loaded machine; if
+        its trigger fires before that, Airflow 3.3's scheduler gets the old workload's "success"
+        while the task is queued again and fails it ("finished with state success, but the task
+        instance's state attribute is queued"). Tests that make a trigger fire wait for this first.
+        """
+        ti_id = self.task_instance(dag_id, run_id, task_id, map_index)["id"]
+        log = self.services["scheduler"].log_path
+
+        def released() -> bool:
+            text = log.read_text(errors="replace")
+            return any("Workload finished" in line and f"workload_id={ti_id}" in line for line in text.splitlines())
+
+        wait_until(released, timeout, 0.5, f"the worker of {task_id} to exit")
+
     def xcom(self, dag_id: str, run_id: str, task_id: str, key: str = "return_value", map_index: int = -1) -> Any:
         path = (
             f"/api/v2/dags/{dag_id}/dagRuns/{urllib.parse.quote(run_id, safe='')}"

@@ -20,8 +20,11 @@ def test_deferred_credits_sensor_runs_in_the_triggerer(stack, emulator, tmp_path
         run_id = stack.trigger(dag_id, conf={"destination": str(tmp_path / "out")})
         ti = stack.wait_task_state(dag_id, run_id, "wait_for_credits", "deferred", timeout=180)
         assert ti["state"] == "deferred"
+        # the worker that deferred it has exited: only the triggerer holds the task now
+        stack.wait_worker_released(dag_id, run_id, "wait_for_credits")
         time.sleep(3)  # a few polls at 2 s: still deferred while there are no credits
-        assert stack.task_instance(dag_id, run_id, "wait_for_credits")["state"] == "deferred"
+        ti = stack.task_instance(dag_id, run_id, "wait_for_credits")
+        assert ti["state"] == "deferred" and ti.get("trigger"), ti
         emulator.add_credits(10)
         stack.wait_run(dag_id, run_id, 240, check=True)
     finally:
