@@ -460,7 +460,7 @@ class UpscaleBatch:
             raise  # stays pending until the coordinator decides (resend or give up)
         except BaseException:
             self.ledger.settle(record, nonce)  # a definite error: the server charged nothing
-            self.ledger.save(record)
+            self._save_note(record)
             raise
         self.ledger.settle(record, nonce)
         output = answer.output
@@ -542,7 +542,7 @@ class UpscaleBatch:
         cancelled = isinstance(exc, CancelledError) or self.stop_event.is_set()
         if cancelled or pending is None:
             record.fail(NOT_STARTED, exc.code, f"{record.input}: in flight when the task was stopped; it may have been charged (the next try resends it and reports it)")
-            self.ledger.save(record)
+            self._save_note(record)
             return
         if self.options.resend_possibly_charged and self._lost[key] <= MAX_LOST_ANSWERS:
             with self._lock:
@@ -552,7 +552,7 @@ class UpscaleBatch:
             return
         why = "resend_possibly_charged=False" if not self.options.resend_possibly_charged else f"lost {self._lost[key]} times"
         record.fail(FAILED, exc.code, f"{exc.message} — not resent ({why}); it may have been charged: look for it in Stablecog before retrying")
-        self.ledger.save(record)
+        self._save_note(record)
         self.log.warning("%s", record.message)
         self._progress.tick(ok=False)
 
@@ -574,8 +574,15 @@ class UpscaleBatch:
             if isinstance(exc, StablecogInputError):
                 self._permanent.add(record.key)
             self.log.warning("Failed: %s", exc.message)
-        self.ledger.save(record)
+        self._save_note(record)
         self._progress.tick(ok=record.status != FAILED)
+
+    def _save_note(self, record: ItemRecord) -> None:
+        """Record an outcome that costs nothing (a failure, a stop): best effort, never fatal."""
+        try:
+            self.ledger.save(record)
+        except OSError as exc:  # what was paid is durable already; only this note is lost
+            self.log.debug("Could not record %s for %s (%s)", record.error, record.input, exc)
 
     def _download(self, key: str) -> tuple[str, int, int]:
         """Worker: stream the result under a safe name, verify it, rename it into place, record it."""
@@ -610,10 +617,7 @@ class UpscaleBatch:
 
     def _download_failed(self, record: ItemRecord, code: str, what: str) -> None:
         record.fail(FAILED, code, f"{record.input}: upscaled (output {record.output_id}) but {what}; a retry downloads it again without paying")
-        try:
-            self.ledger.save(record)
-        except OSError:
-            pass  # the answer itself is durable already; only this failure note is lost
+        self._save_note(record)
         self.log.warning("%s", record.message)
         self._progress.tick(ok=False)
 

@@ -543,12 +543,13 @@ class Ledger:
     def save(self, record: ItemRecord) -> None:
         """Make this version of the record durable in every store (state store, destination)."""
         snapshot = record.copy()
-        if self.state is not None:
-            with self._lock:
-                self.state.write(snapshot)
+        # the destination first: if it fails, nothing claims a request that was never sent
         if self.dest is not None:
             self.dest.write(snapshot)
             record.rev = snapshot.rev
+        if self.state is not None:
+            with self._lock:
+                self.state.write(snapshot)
         with self._lock:
             self.records[record.key] = record
             self._touched.add(record.key)

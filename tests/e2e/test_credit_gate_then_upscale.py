@@ -58,8 +58,9 @@ def test_deferred_sensor_succeeds_within_one_poke_after_top_up_then_upscale_runs
         helper.join(10)
 
         assert result.task_states() == {"wait_for_credits": "success", "upscale": "success"}
-        # after the top-up: one trigger poll saw enough credits, then the operator read its balance once
-        assert _credit_checks(emulator) - checks_at_top_up[0] <= 2
+        # after the top-up: one trigger poll saw enough credits, then the operator read its balance
+        # before and after the batch (the spend report's measured balance change)
+        assert _credit_checks(emulator) - checks_at_top_up[0] <= 3
         assert result.xcom("wait_for_credits") == 12
         records = result.xcom("upscale")
         assert [r["status"] for r in records] == ["upscaled"] * 5

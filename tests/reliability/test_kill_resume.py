@@ -113,7 +113,7 @@ def test_sigterm_to_dags_test_then_a_new_run_pays_nothing_twice(tmp_path, migrat
         twice = {i for i, n in charges.items() if n > 1}
         assert len(twice) <= 2 and not twice & paid_first
         assert destination_problems(dest) == []
-        assert not list(dest.glob("*.part")) and not list(dest.glob(".*"))
+        assert not list(dest.rglob("*.part")) and [p.name for p in dest.glob(".*")] == [".stablecog"]
         assert {r["status"] for r in read_manifest(dest).values()} == {"upscaled"}
         assert len(list(dest.glob("*.jpg"))) == len(images)
 
