@@ -312,6 +312,7 @@ class UpscaleBatch:
         self._slots = _OrderedSlots(self.options.max_concurrency)
         self._tickets: dict[str, int] = {}
         self._halted = threading.Event()
+        self._halt_reason: StablecogError | None = None
         self._sending = 0
         self._progress = _Progress(self.log, len(plan.to_upscale) + len(plan.to_download), self.options.progress_interval)
         # free items first: they need no credit and never block on the floor
@@ -340,6 +341,10 @@ class UpscaleBatch:
                         self._on_downloaded(downloads.pop(future), future)
                 self._progress.maybe_log(self._balance)
             self._mark_not_started(pending)
+        except BaseException:  # e.g. AirflowTaskTimeout raised into this thread: no new request
+            self._halted.set()
+            self.client.cancel()
+            raise
         finally:
             stopping = self.stop_event.is_set()
             up_pool.shutdown(wait=not stopping, cancel_futures=True)
@@ -438,30 +443,32 @@ class UpscaleBatch:
                 with _open_source(item).open("rb") as fh:
                     value = self.client.upload_image(fh, filename=name, content_type=content_type)
         crashed = self._crash_pending.pop(key, None)
-        with self._lock:
-            if crashed:  # sent by a try that died: this resend may make it two charges
-                record.pending = [n for n in record.pending if n not in crashed]
-                if item.kind != "output_id":  # the server never charges an output twice
-                    record.possibly_double_charged += len(crashed)
-                    self._double_now += len(crashed)
-        try:
-            nonce = self.ledger.sent(record)
-        except OSError as exc:  # write-ahead: what cannot be recorded is never sent
-            raise StablecogFatalError(
-                f"{record.input}: could not record the request in the ledger before sending it "
-                f"({type(exc).__name__}: {exc}); nothing was sent or charged. Fix the destination "
-                "(free space, permissions, storage connection) and retry",
-                code="destination_error",
-            ) from None
-        try:
-            with self._slot(ticket):
+        # the intent is written inside the slot, just before the request: a pending record then
+        # means "at the server, or about to be", never "waiting for a slot"
+        with self._slot(ticket):
+            with self._lock:
+                if crashed:  # sent by a try that died: this resend may make it two charges
+                    record.pending = [n for n in record.pending if n not in crashed]
+                    if item.kind != "output_id":  # the server never charges an output twice
+                        record.possibly_double_charged += len(crashed)
+                        self._double_now += len(crashed)
+            try:
+                nonce = self.ledger.sent(record)
+            except OSError as exc:  # write-ahead: what cannot be recorded is never sent
+                raise StablecogFatalError(
+                    f"{record.input}: could not record the request in the ledger before sending it "
+                    f"({type(exc).__name__}: {exc}); nothing was sent or charged. Fix the destination "
+                    "(free space, permissions, storage connection) and retry",
+                    code="destination_error",
+                ) from None
+            try:
                 answer = self.client.upscale(value, model_id=self.options.model_id)
-        except StablecogResponseLostError:
-            raise  # stays pending until the coordinator decides (resend or give up)
-        except BaseException:
-            self.ledger.settle(record, nonce)  # a definite error: the server charged nothing
-            self._save_note(record)
-            raise
+            except StablecogResponseLostError:
+                raise  # stays pending until the coordinator decides (resend or give up)
+            except BaseException:
+                self.ledger.settle(record, nonce)  # a definite error: the server charged nothing
+                self._save_note(record)
+                raise
         self.ledger.settle(record, nonce)
         output = answer.output
         url = output.image_url if isinstance(output.image_url, str) and output.image_url else None
@@ -492,7 +499,8 @@ class UpscaleBatch:
                 self._max_in_flight = max(self._max_in_flight, self._sending)
             try:
                 yield
-            except StablecogFatalError:
+            except StablecogFatalError as exc:
+                self._halt_reason = exc
                 self._halted.set()  # before the slot is released: no queued request may follow it
                 raise
             finally:
@@ -564,8 +572,8 @@ class UpscaleBatch:
             if exc.code == "insufficient_credits":
                 self._balance = 0 if self._balance is None else min(self._balance, 0)
             record.fail(NOT_STARTED, exc.code, f"{record.input}: not upscaled: {exc.message}")
-        elif isinstance(exc, CancelledError) and self._fatal is not None:
-            record.fail(NOT_STARTED, self._fatal.code, f"{record.input}: not started: the batch stopped on {self._fatal.code}; add credits and clear the task to resume")
+        elif isinstance(exc, CancelledError) and (reason := self._fatal or self._halt_reason) is not None:
+            record.fail(NOT_STARTED, reason.code, f"{record.input}: not started: the batch stopped on {reason.code}; fix that and clear the task to resume")
         elif isinstance(exc, CancelledError):
             record.fail(NOT_STARTED, exc.code, f"{record.input}: {exc.message}")
         else:
