@@ -143,7 +143,7 @@ class UpscaleBatch:
         *,
         destination: ObjectStoragePath | None = None,
         ledger: Ledger | None = None,
-        log: logging.Logger | None = None,
+        log: logging.Logger | Any | None = None,
         stop_event: threading.Event | None = None,
     ) -> None:
         self.client = client
@@ -247,12 +247,16 @@ class UpscaleBatch:
         wanted = {self.items[k].value.lower(): k for k in output_keys}
         found: set[str] = set()
         try:
-            for output in self.client.iter_generation_outputs(per_page=300, upscaled="only", limit=300 * MAX_OUTPUT_PAGES):
+            for output in self.client.iter_generation_outputs(
+                per_page=300, upscaled="only", limit=300 * MAX_OUTPUT_PAGES
+            ):
                 key = wanted.get(output.id.lower())
                 if key is not None and output.is_upscaled:
                     found.add(key)
         except StablecogError as exc:
-            self.log.info("Could not list upscaled outputs (%s); output IDs are counted as 1 credit each", exc.code)
+            self.log.info(
+                "Could not list upscaled outputs (%s); output IDs are counted as 1 credit each", exc.code
+            )
         return found
 
     def _preflight_local(self, item: InputItem, result: ItemRecord) -> bool:
@@ -272,19 +276,38 @@ class UpscaleBatch:
                     raise
                 with path.open("rb") as fh:
                     data, fitted = images.fit_within_limits(fh)
-                self.log.info("Downscaled %s from %dx%d to %dx%d to fit Stablecog's limits", item.display, info.width, info.height, fitted.width, fitted.height)
+                self.log.info(
+                    "Downscaled %s from %dx%d to %dx%d to fit Stablecog's limits",
+                    item.display,
+                    info.width,
+                    info.height,
+                    fitted.width,
+                    fitted.height,
+                )
                 self._uploads[result.key] = (data, fitted.content_type)
         except FileNotFoundError:
-            self._fail_permanent(result, "file_not_found", f"{item.display}: no such file; check the path (the upstream task may have moved it)")
+            self._fail_permanent(
+                result,
+                "file_not_found",
+                f"{item.display}: no such file; check the path (the upstream task may have moved it)",
+            )
             return False
         except IsADirectoryError:
-            self._fail_permanent(result, "not_a_file", f"{item.display}: a directory, not an image file; list the files in it instead")
+            self._fail_permanent(
+                result,
+                "not_a_file",
+                f"{item.display}: a directory, not an image file; list the files in it instead",
+            )
             return False
         except images.ImageCheckError as exc:
             self._fail_permanent(result, exc.code, f"{item.display}: {exc}")
             return False
         except (OSError, ValueError) as exc:
-            result.fail(FAILED, "unreadable_file", f"{item.display}: cannot be read ({type(exc).__name__}: {exc}); check its permissions and storage connection (an s3:// or gs:// path needs its Airflow provider installed)")
+            result.fail(
+                FAILED,
+                "unreadable_file",
+                f"{item.display}: cannot be read ({type(exc).__name__}: {exc}); check its permissions and storage connection (an s3:// or gs:// path needs its Airflow provider installed)",
+            )
             self.log.warning("Not sent: %s", result.message)
             return False
         return True
@@ -314,13 +337,17 @@ class UpscaleBatch:
         self._halted = threading.Event()
         self._halt_reason: StablecogError | None = None
         self._sending = 0
-        self._progress = _Progress(self.log, len(plan.to_upscale) + len(plan.to_download), self.options.progress_interval)
+        self._progress = _Progress(
+            self.log, len(plan.to_upscale) + len(plan.to_download), self.options.progress_interval
+        )
         # free items first: they need no credit and never block on the floor
         pending = deque(sorted(plan.to_upscale, key=lambda k: k not in plan.free))
         upscales: dict[Future, str] = {}
         downloads: dict[Future, str] = {}
         up_pool = ThreadPoolExecutor(2 * self.options.max_concurrency, thread_name_prefix="stablecog-upscale")
-        down_pool = ThreadPoolExecutor(self.options.download_concurrency, thread_name_prefix="stablecog-download")
+        down_pool = ThreadPoolExecutor(
+            self.options.download_concurrency, thread_name_prefix="stablecog-download"
+        )
         try:
             for key in plan.to_download:
                 downloads[down_pool.submit(self._download, key)] = key
@@ -380,7 +407,9 @@ class UpscaleBatch:
         except OSError as exc:
             self.log.warning(
                 "Could not write the ledger segment or manifest (%s: %s); every item record is already durable, "
-                "the next try reads them", type(exc).__name__, exc,
+                "the next try reads them",
+                type(exc).__name__,
+                exc,
             )
             return
         if target is not None:
@@ -399,7 +428,11 @@ class UpscaleBatch:
     def _dispatch(self, pending: deque[str], upscales: dict[Future, str], pool: ThreadPoolExecutor) -> None:
         # one item queued per slot beyond the ones at the server, so each slot is refilled at once
         paid_in_flight = sum(1 for k in upscales.values() if not self._is_free(k))
-        while pending and len(upscales) < 2 * self.options.max_concurrency and self._may_start(pending[0], paid_in_flight):
+        while (
+            pending
+            and len(upscales) < 2 * self.options.max_concurrency
+            and self._may_start(pending[0], paid_in_flight)
+        ):
             key = pending.popleft()
             paid_in_flight += 0 if self._is_free(key) else 1
             self._tickets[key] = self._slots.ticket()
@@ -408,7 +441,12 @@ class UpscaleBatch:
 
     def _refresh_balance(self) -> bool:
         """The floor blocks work with nothing in flight: read ``/v1/credits`` once; True if it helps."""
-        if self._fresh_read_done or self._fatal is not None or self.stop_event.is_set() or self._balance is None:
+        if (
+            self._fresh_read_done
+            or self._fatal is not None
+            or self.stop_event.is_set()
+            or self._balance is None
+        ):
             return False
         self._fresh_read_done = True
         try:
@@ -417,7 +455,9 @@ class UpscaleBatch:
             self.log.info("Could not re-read the balance (%s)", exc.code)
             return False
         if fresh > self._balance:
-            self.log.info("Balance re-read: %d credits (was %d by the last answer; refunds?)", fresh, self._balance)
+            self.log.info(
+                "Balance re-read: %d credits (was %d by the last answer; refunds?)", fresh, self._balance
+            )
             self._balance = fresh
             return fresh - 1 >= self.options.credit_reserve
         self._balance = fresh
@@ -478,13 +518,22 @@ class UpscaleBatch:
             if not free:
                 self._charged_now += 1
             if url is None:
-                record.fail(FAILED, "invalid_output_url", f"{record.input}: the server answered output {output.id} without a usable image URL; check the output in Stablecog")
+                record.fail(
+                    FAILED,
+                    "invalid_output_url",
+                    f"{record.input}: the server answered output {output.id} without a usable image URL; check the output in Stablecog",
+                )
             elif self.destination is None:
                 record.status = UPSCALED
         try:
             self.ledger.save(record)  # durable before anything depends on the answer
         except OSError as exc:  # the state store has it; finish() writes the destination again
-            self.log.warning("Could not record the answer for %s at the destination (%s: %s)", record.input, type(exc).__name__, exc)
+            self.log.warning(
+                "Could not record the answer for %s at the destination (%s: %s)",
+                record.input,
+                type(exc).__name__,
+                exc,
+            )
         return answer
 
     @contextlib.contextmanager
@@ -534,7 +583,11 @@ class UpscaleBatch:
             return
         if answer.remaining_credits is not None and not self._is_free(key):
             # answers arrive out of charge order: the known balance may only go down
-            self._balance = answer.remaining_credits if self._balance is None else min(self._balance, answer.remaining_credits)
+            self._balance = (
+                answer.remaining_credits
+                if self._balance is None
+                else min(self._balance, answer.remaining_credits)
+            )
         if record.status == FAILED:  # the answer had no usable URL
             self.log.warning("%s", record.message)
             self._progress.tick(ok=False)
@@ -543,13 +596,19 @@ class UpscaleBatch:
         elif pool is not None:
             downloads[pool.submit(self._download, key)] = key
 
-    def _on_lost(self, record: ItemRecord, exc: StablecogResponseLostError, pending: deque[str] | None) -> None:
+    def _on_lost(
+        self, record: ItemRecord, exc: StablecogResponseLostError, pending: deque[str] | None
+    ) -> None:
         """A sent request without an answer: maybe charged. Resend (reported) or give up on it."""
         key = record.key
         self._lost[key] += 1
         cancelled = isinstance(exc, CancelledError) or self.stop_event.is_set()
         if cancelled or pending is None:
-            record.fail(NOT_STARTED, exc.code, f"{record.input}: in flight when the task was stopped; it may have been charged (the next try resends it and reports it)")
+            record.fail(
+                NOT_STARTED,
+                exc.code,
+                f"{record.input}: in flight when the task was stopped; it may have been charged (the next try resends it and reports it)",
+            )
             self._save_note(record)
             return
         if self.options.resend_possibly_charged and self._lost[key] <= MAX_LOST_ANSWERS:
@@ -558,8 +617,16 @@ class UpscaleBatch:
             self.log.warning("%s — resending it (reported as possibly double-charged)", exc.message)
             pending.appendleft(key)
             return
-        why = "resend_possibly_charged=False" if not self.options.resend_possibly_charged else f"lost {self._lost[key]} times"
-        record.fail(FAILED, exc.code, f"{exc.message} — not resent ({why}); it may have been charged: look for it in Stablecog before retrying")
+        why = (
+            "resend_possibly_charged=False"
+            if not self.options.resend_possibly_charged
+            else f"lost {self._lost[key]} times"
+        )
+        record.fail(
+            FAILED,
+            exc.code,
+            f"{exc.message} — not resent ({why}); it may have been charged: look for it in Stablecog before retrying",
+        )
         self._save_note(record)
         self.log.warning("%s", record.message)
         self._progress.tick(ok=False)
@@ -573,11 +640,19 @@ class UpscaleBatch:
                 self._balance = 0 if self._balance is None else min(self._balance, 0)
             record.fail(NOT_STARTED, exc.code, f"{record.input}: not upscaled: {exc.message}")
         elif isinstance(exc, CancelledError) and (reason := self._fatal or self._halt_reason) is not None:
-            record.fail(NOT_STARTED, reason.code, f"{record.input}: not started: the batch stopped on {reason.code}; fix that and clear the task to resume")
+            record.fail(
+                NOT_STARTED,
+                reason.code,
+                f"{record.input}: not started: the batch stopped on {reason.code}; fix that and clear the task to resume",
+            )
         elif isinstance(exc, CancelledError):
             record.fail(NOT_STARTED, exc.code, f"{record.input}: {exc.message}")
         else:
-            gave_up = " — still failing after the client's retries; retrying the task tries it again" if isinstance(exc, StablecogRetryableError) else ""
+            gave_up = (
+                " — still failing after the client's retries; retrying the task tries it again"
+                if isinstance(exc, StablecogRetryableError)
+                else ""
+            )
             record.fail(FAILED, exc.code, exc.message + gave_up)
             if isinstance(exc, StablecogInputError):
                 self._permanent.add(record.key)
@@ -612,19 +687,33 @@ class UpscaleBatch:
         try:
             future.result()
         except (StablecogError, images.ImageCheckError) as exc:
-            self._download_failed(record, getattr(exc, "code", "download_failed"), f"the download failed: {exc}")
+            self._download_failed(
+                record, getattr(exc, "code", "download_failed"), f"the download failed: {exc}"
+            )
             return
         except OSError as exc:
-            self._download_failed(record, "destination_error", f"writing to the destination failed ({type(exc).__name__}: {exc}); fix the destination")
+            self._download_failed(
+                record,
+                "destination_error",
+                f"writing to the destination failed ({type(exc).__name__}: {exc}); fix the destination",
+            )
             return
-        except Exception as exc:  # a bug or a hostile answer must not lose the batch: record it against the item
+        except (
+            Exception
+        ) as exc:  # a bug or a hostile answer must not lose the batch: record it against the item
             self.log.exception("Unexpected error while downloading %s", record.input)
-            self._download_failed(record, "internal_error", f"the download failed unexpectedly ({type(exc).__name__})")
+            self._download_failed(
+                record, "internal_error", f"the download failed unexpectedly ({type(exc).__name__})"
+            )
             return
         self._progress.tick(ok=True)
 
     def _download_failed(self, record: ItemRecord, code: str, what: str) -> None:
-        record.fail(FAILED, code, f"{record.input}: upscaled (output {record.output_id}) but {what}; a retry downloads it again without paying")
+        record.fail(
+            FAILED,
+            code,
+            f"{record.input}: upscaled (output {record.output_id}) but {what}; a retry downloads it again without paying",
+        )
         self._save_note(record)
         self.log.warning("%s", record.message)
         self._progress.tick(ok=False)
@@ -643,9 +732,15 @@ class UpscaleBatch:
             why = f"it would take the balance ({self._balance}) below credit_reserve={self.options.credit_reserve}"
         for key in pending:
             record = self.results[key]
-            record.fail(NOT_STARTED, code, f"{record.input}: not started: {why}; add credits and clear the task to resume")
+            record.fail(
+                NOT_STARTED,
+                code,
+                f"{record.input}: not started: {why}; add credits and clear the task to resume",
+            )
 
-    def _abandon(self, pending: deque[str], upscales: dict[Future, str], downloads: dict[Future, str]) -> None:
+    def _abandon(
+        self, pending: deque[str], upscales: dict[Future, str], downloads: dict[Future, str]
+    ) -> None:
         """On stop: no new request; give in-flight work a short grace, then leave it."""
         self.client.cancel()
         done, _ = wait([*upscales, *downloads], timeout=STOP_GRACE_SECONDS)
@@ -655,13 +750,21 @@ class UpscaleBatch:
                 self._on_upscaled(key, future, {}, None, None)
                 record = self.results[key]
                 if record.paid and record.status == NOT_STARTED:
-                    record.fail(NOT_STARTED, "cancelled", f"{record.input}: upscaled (output {record.output_id}) but the task was stopped before the download; a retry or a new run with the same destination downloads it without paying")
+                    record.fail(
+                        NOT_STARTED,
+                        "cancelled",
+                        f"{record.input}: upscaled (output {record.output_id}) but the task was stopped before the download; a retry or a new run with the same destination downloads it without paying",
+                    )
             else:
                 self._on_downloaded(downloads.pop(future), future)
         for key in [*upscales.values(), *downloads.values()]:
             record = self.results[key]
             if record.status != UPSCALED:
-                record.fail(NOT_STARTED, "cancelled", f"{record.input}: in flight when the task was stopped (it may have been charged; the ledger recorded it, a retry resumes from there)")
+                record.fail(
+                    NOT_STARTED,
+                    "cancelled",
+                    f"{record.input}: in flight when the task was stopped (it may have been charged; the ledger recorded it, a retry resumes from there)",
+                )
         self._mark_not_started(pending)
         pending.clear()
 
@@ -731,7 +834,11 @@ class _Progress:
         eta = (self.total - self.done) / rate if rate > 0 else float("inf")
         self.log.info(
             "Progress: %d/%d done, %d failed, %.2f images/s, ETA %s%s",
-            self.done, self.total, self.failed, rate, "?" if eta == float("inf") else f"{eta:.0f} s",
+            self.done,
+            self.total,
+            self.failed,
+            rate,
+            "?" if eta == float("inf") else f"{eta:.0f} s",
             "" if balance is None else f", credits left ≤ {balance}",
         )
 

@@ -156,7 +156,9 @@ class RateLimiter:
         self.max_rate = rate if rate and rate > 0 else None
         self.rate = self.max_rate
         self.burst = max(1.0, burst if burst is not None else (self.rate or 1.0))
-        self.min_rate = min_rate if min_rate is not None else (min(0.25, self.max_rate) if self.max_rate else None)
+        self.min_rate = (
+            min_rate if min_rate is not None else (min(0.25, self.max_rate) if self.max_rate else None)
+        )
         self.decrease = decrease
         self.increase = increase
         self.window = window
@@ -285,11 +287,23 @@ def request_was_sent(exc: BaseException) -> bool:
     import requests
     from urllib3 import exceptions as u3
 
-    if isinstance(exc, (requests.exceptions.ConnectTimeout, requests.exceptions.SSLError, requests.exceptions.ProxyError)):
+    if isinstance(
+        exc,
+        (requests.exceptions.ConnectTimeout, requests.exceptions.SSLError, requests.exceptions.ProxyError),
+    ):
         return False
-    if isinstance(exc, (requests.exceptions.InvalidURL, requests.exceptions.InvalidSchema, requests.exceptions.MissingSchema)):
+    if isinstance(
+        exc,
+        (
+            requests.exceptions.InvalidURL,
+            requests.exceptions.InvalidSchema,
+            requests.exceptions.MissingSchema,
+        ),
+    ):
         return False
-    if isinstance(exc, requests.exceptions.ConnectionError) and not isinstance(exc, requests.exceptions.ReadTimeout):
+    if isinstance(exc, requests.exceptions.ConnectionError) and not isinstance(
+        exc, requests.exceptions.ReadTimeout
+    ):
         reason = exc.args[0] if exc.args else None
         if isinstance(reason, u3.MaxRetryError):
             reason = reason.reason
@@ -351,7 +365,9 @@ class StablecogClient:
         self.broken_after = int(broken_after)
         jitter = self.retry_policy.rate_limit_jitter
         rate = rate_limit if rate_limit and rate_limit > 0 else None
-        upload = min(DEFAULT_UPLOAD_RATE_LIMIT, rate) if upload_rate_limit is None and rate else upload_rate_limit
+        upload = (
+            min(DEFAULT_UPLOAD_RATE_LIMIT, rate) if upload_rate_limit is None and rate else upload_rate_limit
+        )
         read = READ_RATE_FACTOR * rate if read_rate_limit is None and rate else read_rate_limit
         #: The create-route limiter (upscales); reads also draw on it.
         self.rate_limiter = RateLimiter(rate, _default_burst(rate), jitter=jitter)
@@ -370,7 +386,9 @@ class StablecogClient:
 
     def limiter_for(self, route: str) -> RateLimiter:
         """The limiter of a route class (``create``, ``read`` or ``upload``)."""
-        return {ROUTE_UPLOAD: self.upload_limiter, ROUTE_READ: self.read_limiter}.get(route, self.rate_limiter)
+        return {ROUTE_UPLOAD: self.upload_limiter, ROUTE_READ: self.read_limiter}.get(
+            route, self.rate_limiter
+        )
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -491,9 +509,14 @@ class StablecogClient:
                     first_429 = now if first_429 is None else first_429
                     if now - first_429 >= policy.rate_limit_budget or now - start >= policy.max_elapsed:
                         raise self._gave_up(exc, f"rate limited for {now - first_429:.0f} s") from None
-                    log.info("Stablecog rate limit (429): %s; waiting with the other threads", context or "call")
+                    log.info(
+                        "Stablecog rate limit (429): %s; waiting with the other threads", context or "call"
+                    )
                     if not getattr(exc, "limiter_paused", False):  # e.g. an image host: no shared limiter
-                        self._sleep((1.0 if exc.retry_after is None else exc.retry_after) + random.uniform(0, policy.rate_limit_jitter))
+                        self._sleep(
+                            (1.0 if exc.retry_after is None else exc.retry_after)
+                            + random.uniform(0, policy.rate_limit_jitter)
+                        )
                     continue  # the limiter holds this thread (and the others) back; no attempt spent
                 failures += 1
                 if is_worker_failure(exc):
@@ -521,7 +544,14 @@ class StablecogClient:
             raise CancelledError("the batch was stopped while waiting to retry")
 
     def _send(
-        self, method: str, path: str, *, headers: dict[str, str], context: str, charging: bool = False, **kwargs: Any
+        self,
+        method: str,
+        path: str,
+        *,
+        headers: dict[str, str],
+        context: str,
+        charging: bool = False,
+        **kwargs: Any,
     ) -> Any:
         import requests
 
@@ -546,7 +576,9 @@ class StablecogClient:
         if response.status_code >= 400:
             error = error_from_response(response.status_code, response.headers, text, context=what)
             if isinstance(error, RateLimitError):
-                self._on_rate_limited(route, error.retry_after, _number(response.headers.get("X-RateLimit-Limit")))
+                self._on_rate_limited(
+                    route, error.retry_after, _number(response.headers.get("X-RateLimit-Limit"))
+                )
                 error.limiter_paused = True  # type: ignore[attr-defined]
             raise error
         try:
@@ -577,7 +609,9 @@ class StablecogClient:
                 )
             return CancelledError(f"{what}: the batch was stopped while waiting for the answer")
         if sent and charging:
-            return lost_answer_error(what, method, path, f"{type(exc).__name__}: {explain_connection_error(exc, sent=True)}")
+            return lost_answer_error(
+                what, method, path, f"{type(exc).__name__}: {explain_connection_error(exc, sent=True)}"
+            )
         return StablecogConnectionError(
             f"{what}: connection_error: {type(exc).__name__} talking to {redact_url(self.base_url)}: "
             f"{explain_connection_error(exc, sent=sent)}",
@@ -605,7 +639,10 @@ class StablecogClient:
             return UpscaleResult.from_json(data)
         except (ValueError, KeyError, TypeError, AttributeError):
             raise lost_answer_error(
-                f"upscale of {redact_url(input)!r}", "POST", "/v1/image/upscale/create", "HTTP 200 without outputs"
+                f"upscale of {redact_url(input)!r}",
+                "POST",
+                "/v1/image/upscale/create",
+                "HTTP 200 without outputs",
             ) from None
 
     def get_credits(self) -> Credits:
@@ -675,7 +712,9 @@ class StablecogClient:
         params: dict[str, Any] = {"per_page": per_page, "upscaled": upscaled}
         if cursor:
             params["cursor"] = cursor
-        data = self._request("GET", "/v1/image/generation/outputs", params=params, context="generation outputs")
+        data = self._request(
+            "GET", "/v1/image/generation/outputs", params=params, context="generation outputs"
+        )
         page = GenerationOutputsPage.from_json(data)
         if upscaled == "any":
             return page
@@ -727,7 +766,9 @@ class StablecogClient:
             )
         return self.call_with_retry(lambda: self._download_once(url, open_target, max_bytes, chunk_size))
 
-    def _download_once(self, url: str, open_target: Callable[[], IO[bytes]], max_bytes: int, chunk_size: int) -> int:
+    def _download_once(
+        self, url: str, open_target: Callable[[], IO[bytes]], max_bytes: int, chunk_size: int
+    ) -> int:
         import requests
 
         shown = redact_url(url)

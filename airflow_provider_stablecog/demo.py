@@ -23,6 +23,7 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 DAG_ID = "example_stablecog_scheduled_batch"
 DAG_FILE = f"{DAG_ID}.py"
@@ -39,7 +40,7 @@ def find_example_dags() -> Path:
 
 
 @contextlib.contextmanager
-def _backend(credits: int) -> Iterator[tuple[str, object | None]]:
+def _backend(credits: int) -> Iterator[tuple[str, Any]]:
     """The connection to use: the user's own (real API), or a fresh emulator's."""
     own = os.environ.get("AIRFLOW_CONN_STABLECOG_DEFAULT")
     if own:
@@ -65,14 +66,19 @@ def run_demo(out: Path, *, credits: int = 100, timeout: float = 600) -> int:
     inputs = write_sample_images(incoming, sizes=SAMPLE_SIZES, seed=7)
     print(f"Wrote {len(inputs)} sample images into {incoming}")
 
-    with tempfile.TemporaryDirectory(prefix="stablecog-demo-airflow-") as home, _backend(credits) as (conn, emulator):
+    with (
+        tempfile.TemporaryDirectory(prefix="stablecog-demo-airflow-") as home,
+        _backend(credits) as (conn, emulator),
+    ):
         sandbox = AirflowSandbox(Path(home), Path(home) / "dags")
         shutil.copy(find_example_dags() / DAG_FILE, sandbox.dags_folder / DAG_FILE)
         sandbox.set_connection_env("stablecog_default", conn)
         print("Migrating a throwaway Airflow metadata DB (SQLite)...")
         sandbox.migrate()
         print(f"Running: airflow dags test {DAG_ID}")
-        result = sandbox.dags_test(DAG_ID, conf={"source": str(incoming), "destination": str(upscaled)}, timeout=timeout)
+        result = sandbox.dags_test(
+            DAG_ID, conf={"source": str(incoming), "destination": str(upscaled)}, timeout=timeout
+        )
         (out / "airflow-dags-test.log").write_text(result.output)
         states = sandbox.task_states(DAG_ID, result.run_id) if result.run_id else {}
         ledger = emulator.ledger() if emulator is not None else None
@@ -90,14 +96,16 @@ def _report(out: Path, upscaled: Path, ledger: dict | None) -> int:
     from airflow_provider_stablecog.utils.contact_sheet import make_contact_sheet
     from airflow_provider_stablecog.utils.storage import read_manifest
 
-    records = [r for r in read_manifest(upscaled).values() if r.get("status") == "upscaled"]
+    records = [r for r in read_manifest(str(upscaled)).values() if r.get("status") == "upscaled"]
     pairs, bad = [], []
     for r in sorted(records, key=lambda r: r["input"]):
         with Image.open(r["input"]) as a, Image.open(r["path"]) as b:
             if b.size != (4 * a.width, 4 * a.height):
                 bad.append(f"{r['input']}: {a.size} -> {b.size}")
         pairs.append((r["input"], r["path"]))
-    sheet = make_contact_sheet(pairs, out / "contact_sheet.png", title=f"Stablecog 4x upscale: {len(pairs)} images")
+    sheet = make_contact_sheet(
+        pairs, out / "contact_sheet.png", title=f"Stablecog 4x upscale: {len(pairs)} images"
+    )
     print(f"\n{len(records)} images upscaled into {upscaled}")
     for src, dst in pairs:
         print(f"  {Path(src).name:>14} -> {Path(dst).name}")

@@ -82,9 +82,7 @@ CODE_EXPLANATIONS: dict[str, str] = {
     "invalid_file": "the uploaded file is not a JPEG, PNG or WebP image",
     "image_too_large": "the uploaded file is larger than 10 MiB; downscale or recompress it",
     "rate_limited": "the per-IP rate limit was hit; lower rate_limit (this is retried after Retry-After)",
-    "TIMEOUT": (
-        "the upscale worker took longer than 240 s; the credit was refunded (this is retried)"
-    ),
+    "TIMEOUT": ("the upscale worker took longer than 240 s; the credit was refunded (this is retried)"),
     "unknown_error": "the upscale worker failed; the credit was refunded (this is retried)",
     "bad_gateway": "the Stablecog service or its proxy is unavailable (this is retried)",
     "connection_error": "the Stablecog API could not be reached or the answer was cut off",
@@ -261,7 +259,6 @@ class ResponseAbandonedError(StablecogResponseLostError, CancelledError):
     default_code = "response_abandoned"
 
 
-
 def explain(code: str) -> str:
     """The user-facing sentence for a server code (or a generic one)."""
     return CODE_EXPLANATIONS.get(code, f"the Stablecog API answered with error code {code!r}")
@@ -334,7 +331,10 @@ def error_from_response(
     elif code == "TIMEOUT":
         cls = UpscaleTimeoutError
     elif status_code == 500:
-        cls, code = StablecogServerError, "unknown_error" if code in WORKER_FAILURE_CODES or not code else code
+        cls, code = (
+            StablecogServerError,
+            "unknown_error" if code in WORKER_FAILURE_CODES or not code else code,
+        )
     elif status_code in (502, 503, 504):
         cls, code = StablecogServerError, "bad_gateway"
     else:

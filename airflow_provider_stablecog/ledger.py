@@ -44,7 +44,7 @@ import time
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field, fields
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
@@ -83,7 +83,7 @@ def image_name(key: str) -> str:
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def new_rev() -> str:
@@ -209,7 +209,9 @@ class ItemRecord:
             record = cls(**values)
             record.credits_charged = int(record.credits_charged or 0)
             record.possibly_double_charged = int(record.possibly_double_charged or 0)
-            record.pending = [str(n) for n in (record.pending or [])] if isinstance(record.pending, list) else []
+            record.pending = (
+                [str(n) for n in (record.pending or [])] if isinstance(record.pending, list) else []
+            )
             for name in ("output_id", "url", "path", "input", "status", "error", "message"):
                 value = getattr(record, name)
                 if value is not None and not isinstance(value, str):
@@ -394,14 +396,20 @@ class DestinationLedger:
     def images_present(self) -> set[str]:
         """Keys whose image file is at the destination (one listing)."""
         suffix = f".{IMAGE_EXTENSION}"
-        return {n[: -len(suffix)] for n in self._names(self.destination) if n.endswith(suffix) and _KEY.match(n[: -len(suffix)])}
+        return {
+            n[: -len(suffix)]
+            for n in self._names(self.destination)
+            if n.endswith(suffix) and _KEY.match(n[: -len(suffix)])
+        }
 
     def write_manifest(self, records: Iterable[ItemRecord]) -> ObjectStoragePath:
         """Replace ``manifest.jsonl`` (the human-readable view) atomically."""
         from airflow_provider_stablecog.utils.storage import write_bytes_atomic
 
         target = self.destination / MANIFEST_NAME
-        body = "".join(json.dumps(r.manifest()) + "\n" for r in sorted(records, key=lambda r: r.input or r.key))
+        body = "".join(
+            json.dumps(r.manifest()) + "\n" for r in sorted(records, key=lambda r: r.input or r.key)
+        )
         write_bytes_atomic(target, body.encode("utf-8"))
         return target
 
@@ -482,7 +490,7 @@ class Ledger:
         *,
         store: StateStore | None = None,
         destination: ObjectStoragePath | None = None,
-        log: logging.Logger | None = None,
+        log: logging.Logger | Any | None = None,
     ) -> None:
         self.state = StateStoreLedger(store) if store is not None else None
         self.dest = DestinationLedger(destination) if destination is not None else None
@@ -503,7 +511,12 @@ class Ledger:
             try:
                 records, bad = source.load()
             except OSError as exc:
-                self.log.warning("Could not read the ledger in %s (%s: %s); treating it as empty", _where(source), type(exc).__name__, exc)
+                self.log.warning(
+                    "Could not read the ledger in %s (%s: %s); treating it as empty",
+                    _where(source),
+                    type(exc).__name__,
+                    exc,
+                )
                 continue
             damaged += bad
             for key, record in records.items():
@@ -518,7 +531,8 @@ class Ledger:
             found = {k: r for k, r in found.items() if k in wanted}
         if damaged:
             self.log.warning(
-                "Ignored %d damaged ledger record(s) (undecodable or truncated); their items count as not done", damaged
+                "Ignored %d damaged ledger record(s) (undecodable or truncated); their items count as not done",
+                damaged,
             )
         self.damaged = damaged
         self.records.update(found)
@@ -589,12 +603,12 @@ def load_destination(destination: ObjectStoragePath | str | None) -> dict[str, I
 
 __all__ = [
     "FAILED",
+    "MANIFEST_FIELDS",
+    "MANIFEST_NAME",
     "NOT_STARTED",
     "SKIPPED",
     "UPSCALED",
     "DestinationLedger",
-    "MANIFEST_FIELDS",
-    "MANIFEST_NAME",
     "ItemRecord",
     "Ledger",
     "StateStoreLedger",

@@ -118,7 +118,9 @@ def run_sequential(spec: dict[str, Any]) -> dict[str, Any]:
     def loop() -> None:
         with requests.Session() as session:
             for url in urls:
-                response = session.post(f"{base}/v1/image/upscale/create", json={"input": url}, headers=headers, timeout=300)
+                response = session.post(
+                    f"{base}/v1/image/upscale/create", json={"input": url}, headers=headers, timeout=300
+                )
                 response.raise_for_status()
                 output = response.json()["outputs"][0]
                 done.append(output.get("upscaled_image_url") or output["url"])

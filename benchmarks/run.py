@@ -111,13 +111,27 @@ class Settings:
     def quick_settings(cls) -> Settings:
         return cls(
             quick=True,
-            f1_n=10, f1_runs=1, f1_latency=0.2,
-            f2_op_n=10, f2_op_runs=1, f2_seq_n=3, f2_seq_runs=1, f2_mapped_n=2, f2_latency=0.2,
-            f3_n=200, f3_runs=1,
-            f4_n=2, f4_runs=1,
+            f1_n=10,
+            f1_runs=1,
+            f1_latency=0.2,
+            f2_op_n=10,
+            f2_op_runs=1,
+            f2_seq_n=3,
+            f2_seq_runs=1,
+            f2_mapped_n=2,
+            f2_latency=0.2,
+            f3_n=200,
+            f3_runs=1,
+            f4_n=2,
+            f4_runs=1,
             f5_runs=2,
-            f6_plans=(1, 2), f6_seconds=2, f6_runs=1, f6_latency=0.2,
-            f7_n=10, f7_runs=1, f7_ledger_n=20,
+            f6_plans=(1, 2),
+            f6_seconds=2,
+            f6_runs=1,
+            f6_latency=0.2,
+            f7_n=10,
+            f7_runs=1,
+            f7_ledger_n=20,
         )
 
 
@@ -158,18 +172,28 @@ def fmt_runs(values: list[float], spec: str = ".2f") -> str:
 
 
 def child_env(connection_json: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW__", "AIRFLOW_CONN_", "AIRFLOW_VAR_"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("AIRFLOW__", "AIRFLOW_CONN_", "AIRFLOW_VAR_"))
+    }
     env.pop("AIRFLOW_CONFIG", None)
     home = WORK / "airflow-home"
     home.mkdir(parents=True, exist_ok=True)
     env["AIRFLOW_HOME"] = str(home)
     env["AIRFLOW_CONN_STABLECOG_DEFAULT"] = connection_json
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *[p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]])
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(ROOT), *[p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]]
+    )
     return env
 
 
 def run_child(
-    spec: dict[str, Any], connection_json: str, label: str, timeout: float = 1800, extra_env: dict[str, str] | None = None
+    spec: dict[str, Any],
+    connection_json: str,
+    label: str,
+    timeout: float = 1800,
+    extra_env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Run one workload in its own process; return its @@RESULT JSON."""
     done = subprocess.run(
@@ -183,7 +207,7 @@ def run_child(
     )
     for line in reversed(done.stdout.splitlines()):
         if line.startswith("@@RESULT "):
-            result = json.loads(line[len("@@RESULT "):])
+            result = json.loads(line[len("@@RESULT ") :])
             bad = {k: v for k, v in result.get("statuses", {}).items() if k != "upscaled"}
             if bad:
                 raise RuntimeError(f"{label}: not every image was upscaled: {result['statuses']}")
@@ -254,13 +278,23 @@ def machine() -> dict[str, str]:
         info["requests / urllib3"] = f"{version('requests')} / {version('urllib3')}"
         info["airflow-provider-stablecog"] = version("airflow-provider-stablecog")
     with contextlib.suppress(Exception):
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True, text=True, timeout=10)
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
         if commit.returncode == 0:
-            info["Commit"] = commit.stdout.strip() + (" (+ uncommitted changes)" if dirty.stdout.strip() else "")
+            info["Commit"] = commit.stdout.strip() + (
+                " (+ uncommitted changes)" if dirty.stdout.strip() else ""
+            )
     with contextlib.suppress(OSError):
         info["Load average at start"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    info["Date"] = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    info["Date"] = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     return info
 
 
@@ -276,12 +310,25 @@ def table(header: list[str], rows: list[list[Any]]) -> list[str]:
 
 
 def operator_rates(
-    settings: Settings, emu: Any, conn: str, n: int, runs: int, label: str, extra_env: dict[str, str] | None = None, **spec: Any
+    settings: Settings,
+    emu: Any,
+    conn: str,
+    n: int,
+    runs: int,
+    label: str,
+    extra_env: dict[str, str] | None = None,
+    **spec: Any,
 ) -> list[dict[str, Any]]:
     results = []
     for run in range(runs):
         emu.reset()
-        spec_run = {"kind": "operator", "url_template": sample_template(emu, "64x64.png"), "n": n, "seed": run * n, **spec}
+        spec_run = {
+            "kind": "operator",
+            "url_template": sample_template(emu, "64x64.png"),
+            "n": n,
+            "seed": run * n,
+            **spec,
+        }
         if "destination" in spec_run:  # a fresh folder per run: nothing done before
             spec_run["destination"] = f"{spec_run['destination'].rstrip('/')}/run{run + 1}"
         spec_run["profile"] = profile_path(settings, f"{label}-run{run + 1}")
@@ -291,7 +338,9 @@ def operator_rates(
         result["server_max_in_flight"] = ledger["max_in_flight"]
         result["rate_limited"] = ledger["rate_limited"]
         results.append(result)
-        log(f"  {label} run {run + 1}/{runs}: {n} images in {result['wall_s']:.2f} s = {result['rate']:.3f} images/s")
+        log(
+            f"  {label} run {run + 1}/{runs}: {n} images in {result['wall_s']:.2f} s = {result['rate']:.3f} images/s"
+        )
     return results
 
 
@@ -318,7 +367,18 @@ def figure_1(settings: Settings, out: FigureResult) -> None:
         "",
         *table(
             ["run", "wall s", "images/s", "ratio to ceiling", "server max in flight", "429s", "CPU s"],
-            [[i + 1, f"{r['wall_s']:.2f}", f"{r['rate']:.3f}", f"{r['rate'] / capacity:.3f}", r["server_max_in_flight"], r["rate_limited"], f"{r['cpu_s']:.2f}"] for i, r in enumerate(runs)],
+            [
+                [
+                    i + 1,
+                    f"{r['wall_s']:.2f}",
+                    f"{r['rate']:.3f}",
+                    f"{r['rate'] / capacity:.3f}",
+                    r["server_max_in_flight"],
+                    r["rate_limited"],
+                    f"{r['cpu_s']:.2f}",
+                ]
+                for i, r in enumerate(runs)
+            ],
         ),
         "",
         f"Median {rate:.3f} images/s over {len(runs)} runs; ratio {ratio:.3f}.",
@@ -359,7 +419,7 @@ bench_mapped_upscale()
 
 def _parse_db_time(value: str) -> dt.datetime:
     parsed = dt.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.timezone.utc)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
 
 
 def mapped_run(settings: Settings, emu: Any, conn: str, n: int) -> dict[str, Any]:
@@ -383,10 +443,15 @@ def mapped_run(settings: Settings, emu: Any, conn: str, n: int) -> dict[str, Any
         starts = [_parse_db_time(r["start_date"]) for r in rows]
         ends = [_parse_db_time(r["end_date"]) for r in rows]
         span = (max(ends) - min(starts)).total_seconds()
-        durations = [(e - s).total_seconds() for s, e in zip(starts, ends)]
+        durations = [(e - s).total_seconds() for s, e in zip(starts, ends, strict=True)]
         return {
-            "n": n, "span_s": span, "command_s": result.duration, "migrate_s": migrate_s, "rate": n / span,
-            "ti_mean_s": statistics.mean(durations), "gap_mean_s": (span - sum(durations)) / max(n - 1, 1),
+            "n": n,
+            "span_s": span,
+            "command_s": result.duration,
+            "migrate_s": migrate_s,
+            "rate": n / span,
+            "ti_mean_s": statistics.mean(durations),
+            "gap_mean_s": (span - sum(durations)) / max(n - 1, 1),
         }
 
 
@@ -399,18 +464,29 @@ def figure_2(settings: Settings, out: FigureResult) -> None:
         # interleaved, so that a noisy minute hurts both sides alike
         for run in range(max(s.f2_op_runs, s.f2_seq_runs)):
             if run < s.f2_op_runs:
-                op_runs += operator_rates(s, emu, conn, s.f2_op_n, 1, f"fig2-operator-{run + 1}", seed=10_000 + run * s.f2_op_n)
+                op_runs += operator_rates(
+                    s, emu, conn, s.f2_op_n, 1, f"fig2-operator-{run + 1}", seed=10_000 + run * s.f2_op_n
+                )
             if run < s.f2_seq_runs:
                 emu.reset()
-                spec = {"kind": "sequential", "url_template": sample_template(emu, "64x64.png"), "n": s.f2_seq_n, "seed": 500_000 + run * s.f2_seq_n}
+                spec = {
+                    "kind": "sequential",
+                    "url_template": sample_template(emu, "64x64.png"),
+                    "n": s.f2_seq_n,
+                    "seed": 500_000 + run * s.f2_seq_n,
+                }
                 result = run_child(spec, conn, f"sequential run {run + 1}")
                 result["rate"] = result["n"] / result["wall_s"]
                 seq_runs.append(result)
-                log(f"  sequential run {run + 1}: {result['n']} images in {result['wall_s']:.2f} s = {result['rate']:.3f} images/s")
+                log(
+                    f"  sequential run {run + 1}: {result['n']} images in {result['wall_s']:.2f} s = {result['rate']:.3f} images/s"
+                )
         emu.reset()
         log(f"  mapped tasks: airflow dags test with {s.f2_mapped_n} mapped task instances ...")
         mapped = mapped_run(s, emu, conn, s.f2_mapped_n)
-        log(f"  mapped: {mapped['n']} images, task span {mapped['span_s']:.2f} s = {mapped['rate']:.3f} images/s (command {mapped['command_s']:.1f} s)")
+        log(
+            f"  mapped: {mapped['n']} images, task span {mapped['span_s']:.2f} s = {mapped['rate']:.3f} images/s (command {mapped['command_s']:.1f} s)"
+        )
     op_rate = median([r["rate"] for r in op_runs])
     seq_rate = median([r["rate"] for r in seq_runs])
     speed_seq, speed_mapped = op_rate / seq_rate, op_rate / mapped["rate"]
@@ -426,9 +502,9 @@ def figure_2(settings: Settings, out: FigureResult) -> None:
         "default rate limits), measured in the same run and interleaved. The slow baselines use fewer images; "
         "images/s is compared, not total time.",
         "",
-        "- **UpscaleOperator**: as in figure 1, N = %d per run." % s.f2_op_n,
+        f"- **UpscaleOperator**: as in figure 1, N = {s.f2_op_n} per run.",
         "- **Sequential loop** (what a PythonOperator would do): one `requests.Session`, `POST /v1/image/upscale/create`, "
-        "wait for the answer, next image; wall time of the loop in a fresh process. N = %d per run." % s.f2_seq_n,
+        f"wait for the answer, next image; wall time of the loop in a fresh process. N = {s.f2_seq_n} per run.",
         "- **One mapped task per image**: `@task upscale_one(url)` (StablecogHook().upscale) `.expand(url=...)`, run by "
         f"`airflow dags test` in an AirflowSandbox (SQLite); time = first mapped task's start to last one's end from the "
         f"metadata DB (excludes CLI start-up and the `list_inputs` task). N = {s.f2_mapped_n}. Note: `dags test` runs task "
@@ -438,9 +514,27 @@ def figure_2(settings: Settings, out: FigureResult) -> None:
         *table(
             ["approach", "N", "runs (images/s)", "median images/s", "speed-up of the operator"],
             [
-                ["UpscaleOperator", s.f2_op_n, fmt_runs([r["rate"] for r in op_runs], ".3f"), f"{op_rate:.3f}", "1.0x"],
-                ["sequential requests loop", s.f2_seq_n, fmt_runs([r["rate"] for r in seq_runs], ".3f"), f"{seq_rate:.3f}", f"{speed_seq:.2f}x"],
-                ["mapped task per image (dags test)", s.f2_mapped_n, f"{mapped['rate']:.3f}", f"{mapped['rate']:.3f}", f"{speed_mapped:.2f}x"],
+                [
+                    "UpscaleOperator",
+                    s.f2_op_n,
+                    fmt_runs([r["rate"] for r in op_runs], ".3f"),
+                    f"{op_rate:.3f}",
+                    "1.0x",
+                ],
+                [
+                    "sequential requests loop",
+                    s.f2_seq_n,
+                    fmt_runs([r["rate"] for r in seq_runs], ".3f"),
+                    f"{seq_rate:.3f}",
+                    f"{speed_seq:.2f}x",
+                ],
+                [
+                    "mapped task per image (dags test)",
+                    s.f2_mapped_n,
+                    f"{mapped['rate']:.3f}",
+                    f"{mapped['rate']:.3f}",
+                    f"{speed_mapped:.2f}x",
+                ],
             ],
         ),
         "",
@@ -464,14 +558,20 @@ def figure_3(settings: Settings, out: FigureResult) -> None:
         for run in range(s.f3_runs):
             emu.reset()
             spec = {
-                "kind": "operator", "url_template": sample_template(emu, s.f3_sample), "n": s.f3_n,
-                "seed": run * s.f3_n, "rate_limit": 0, "profile": profile_path(s, f"fig3-overhead-run{run + 1}"),
+                "kind": "operator",
+                "url_template": sample_template(emu, s.f3_sample),
+                "n": s.f3_n,
+                "seed": run * s.f3_n,
+                "rate_limit": 0,
+                "profile": profile_path(s, f"fig3-overhead-run{run + 1}"),
             }
             result = run_child(spec, conn, f"overhead run {run + 1}")
             result["cpu_ms_per_item"] = result["cpu_s"] * 1000 / result["n"]
             runs.append(result)
-            log(f"  overhead run {run + 1}/{s.f3_runs}: {result['cpu_ms_per_item']:.3f} CPU ms/item, "
-                f"peak RSS {result['maxrss_mb']:.0f} MB, XCom {result['xcom_bytes'] / 1e6:.2f} MB, wall {result['wall_s']:.1f} s")
+            log(
+                f"  overhead run {run + 1}/{s.f3_runs}: {result['cpu_ms_per_item']:.3f} CPU ms/item, "
+                f"peak RSS {result['maxrss_mb']:.0f} MB, XCom {result['xcom_bytes'] / 1e6:.2f} MB, wall {result['wall_s']:.1f} s"
+            )
     cpu = median([r["cpu_ms_per_item"] for r in runs])
     rss = max(r["maxrss_mb"] for r in runs)
     xcom = median([r["xcom_bytes"] for r in runs])
@@ -495,7 +595,18 @@ def figure_3(settings: Settings, out: FigureResult) -> None:
         "",
         *table(
             ["run", "wall s", "items/s", "CPU s", "CPU ms/item", "peak RSS MB", "XCom bytes"],
-            [[i + 1, f"{r['wall_s']:.1f}", f"{r['n'] / r['wall_s']:.0f}", f"{r['cpu_s']:.2f}", f"{r['cpu_ms_per_item']:.3f}", f"{r['maxrss_mb']:.0f}", f"{r['xcom_bytes']:,}"] for i, r in enumerate(runs)],
+            [
+                [
+                    i + 1,
+                    f"{r['wall_s']:.1f}",
+                    f"{r['n'] / r['wall_s']:.0f}",
+                    f"{r['cpu_s']:.2f}",
+                    f"{r['cpu_ms_per_item']:.3f}",
+                    f"{r['maxrss_mb']:.0f}",
+                    f"{r['xcom_bytes']:,}",
+                ]
+                for i, r in enumerate(runs)
+            ],
         ),
         "",
         f"Goals: CPU {cpu:.3f} ms/item ({'met' if ok_cpu else 'MISSED'}), peak RSS {rss:.0f} MB (max of runs; "
@@ -523,7 +634,9 @@ def figure_4(settings: Settings, out: FigureResult) -> None:
         folder.mkdir()
         # random noise: incompressible, so the 4x JPEG outputs are as large as real photos get
         for name, side in (("big", s.f4_big), ("small", s.f4_small)):
-            Image.frombytes("RGB", (side, side), os.urandom(3 * side * side)).save(folder / f"noise-{name}.png")
+            Image.frombytes("RGB", (side, side), os.urandom(3 * side * side)).save(
+                folder / f"noise-{name}.png"
+            )
         with static_server(folder) as base, emulator(latency=0, plan_concurrency=4, rate_limit=0) as emu:
             conn = emu.connection_json(plan_concurrency=4, rate_limit=0)
             for run in range(s.f4_runs):
@@ -531,13 +644,19 @@ def figure_4(settings: Settings, out: FigureResult) -> None:
                     emu.reset()
                     dest = Path(tmp) / f"out-{name}-{run}"
                     spec = {
-                        "kind": "operator", "url_template": f"{base}/noise-{name}.png?i={{i}}", "n": s.f4_n,
-                        "seed": run * s.f4_n, "rate_limit": 0, "destination": str(dest),
+                        "kind": "operator",
+                        "url_template": f"{base}/noise-{name}.png?i={{i}}",
+                        "n": s.f4_n,
+                        "seed": run * s.f4_n,
+                        "rate_limit": 0,
+                        "destination": str(dest),
                     }
                     result = run_child(spec, conn, f"download {name} run {run + 1}")
                     results[name].append(result)
-                    log(f"  downloads {name} run {run + 1}: peak RSS {result['maxrss_mb']:.1f} MB, "
-                        f"largest output {result['output_bytes_max'] / 1e6:.2f} MB {result['output_sizes']}")
+                    log(
+                        f"  downloads {name} run {run + 1}: peak RSS {result['maxrss_mb']:.1f} MB, "
+                        f"largest output {result['output_bytes_max'] / 1e6:.2f} MB {result['output_sizes']}"
+                    )
                     shutil.rmtree(dest, ignore_errors=True)
     big, small = results["big"], results["small"]
     rss_big, rss_small = median([r["maxrss_mb"] for r in big]), median([r["maxrss_mb"] for r in small])
@@ -558,10 +677,31 @@ def figure_4(settings: Settings, out: FigureResult) -> None:
         "downloads. Peak RSS = `ru_maxrss` of the operator's process; runs alternate big/small.",
         "",
         *table(
-            ["outputs", "runs peak RSS MB", "median peak RSS MB", "largest output", "total written", "wall s (median)"],
             [
-                [f"{big[0]['output_sizes'][0]}", fmt_runs([r["maxrss_mb"] for r in big], ".1f"), f"{rss_big:.1f}", f"{out_mb:.2f} MiB", f"{median([r['output_bytes_total'] for r in big]) / 2**20:.0f} MiB", f"{median([r['wall_s'] for r in big]):.1f}"],
-                [f"{small[0]['output_sizes'][0]}", fmt_runs([r["maxrss_mb"] for r in small], ".1f"), f"{rss_small:.1f}", f"{max(r['output_bytes_max'] for r in small) / 2**20:.3f} MiB", f"{median([r['output_bytes_total'] for r in small]) / 2**20:.1f} MiB", f"{median([r['wall_s'] for r in small]):.1f}"],
+                "outputs",
+                "runs peak RSS MB",
+                "median peak RSS MB",
+                "largest output",
+                "total written",
+                "wall s (median)",
+            ],
+            [
+                [
+                    f"{big[0]['output_sizes'][0]}",
+                    fmt_runs([r["maxrss_mb"] for r in big], ".1f"),
+                    f"{rss_big:.1f}",
+                    f"{out_mb:.2f} MiB",
+                    f"{median([r['output_bytes_total'] for r in big]) / 2**20:.0f} MiB",
+                    f"{median([r['wall_s'] for r in big]):.1f}",
+                ],
+                [
+                    f"{small[0]['output_sizes'][0]}",
+                    fmt_runs([r["maxrss_mb"] for r in small], ".1f"),
+                    f"{rss_small:.1f}",
+                    f"{max(r['output_bytes_max'] for r in small) / 2**20:.3f} MiB",
+                    f"{median([r['output_bytes_total'] for r in small]) / 2**20:.1f} MiB",
+                    f"{median([r['wall_s'] for r in small]):.1f}",
+                ],
             ],
         ),
         "",
@@ -592,7 +732,14 @@ def figure_5(settings: Settings, out: FigureResult) -> None:
     env = child_env("{}")
     for run in range(s.f5_runs):
         with tempfile.TemporaryDirectory() as cwd:  # like a DAG processor: not in the repository
-            done = subprocess.run([sys.executable, "-X", "importtime", "-c", IMPORT_SCRIPT], capture_output=True, text=True, env=env, cwd=cwd, timeout=300)
+            done = subprocess.run(
+                [sys.executable, "-X", "importtime", "-c", IMPORT_SCRIPT],
+                capture_output=True,
+                text=True,
+                env=env,
+                cwd=cwd,
+                timeout=300,
+            )
         if done.returncode != 0:
             raise RuntimeError(f"import run failed:\n{done.stderr[-3000:]}")
         before, after, wall, seen_mark = 0, 0, 0.0, False
@@ -614,12 +761,16 @@ def figure_5(settings: Settings, out: FigureResult) -> None:
             elif top:
                 before += cumulative_us
         rows.append({"delta_ms": after / 1000, "wall_ms": wall, "sdk_ms": before / 1000})
-        log(f"  import run {run + 1}/{s.f5_runs}: +{after / 1000:.1f} ms over airflow.sdk (perf_counter {wall:.1f} ms)")
+        log(
+            f"  import run {run + 1}/{s.f5_runs}: +{after / 1000:.1f} ms over airflow.sdk (perf_counter {wall:.1f} ms)"
+        )
     delta = median([r["delta_ms"] for r in rows])
     wall = median([r["wall_ms"] for r in rows])
     sdk = median([r["sdk_ms"] for r in rows])
     top = sorted(((median(v) / 1000, k) for k, v in self_times.items()), reverse=True)[:6]
-    out.summary = f"+{delta:.1f} ms to import the operator module after airflow.sdk (airflow.sdk itself: {sdk:.0f} ms)"
+    out.summary = (
+        f"+{delta:.1f} ms to import the operator module after airflow.sdk (airflow.sdk itself: {sdk:.0f} ms)"
+    )
     out.goal = "<= 20 ms"
     out.met = delta <= 20
     out.details += [
@@ -632,13 +783,23 @@ def figure_5(settings: Settings, out: FigureResult) -> None:
         *table(
             ["", "runs", "median"],
             [
-                ["operator module over airflow.sdk (importtime), ms", fmt_runs([r["delta_ms"] for r in rows], ".1f"), f"{delta:.1f}"],
+                [
+                    "operator module over airflow.sdk (importtime), ms",
+                    fmt_runs([r["delta_ms"] for r in rows], ".1f"),
+                    f"{delta:.1f}",
+                ],
                 ["same, perf_counter, ms", fmt_runs([r["wall_ms"] for r in rows], ".1f"), f"{wall:.1f}"],
-                ["python start-up + airflow.sdk (importtime), ms", fmt_runs([r["sdk_ms"] for r in rows], ".0f"), f"{sdk:.0f}"],
+                [
+                    "python start-up + airflow.sdk (importtime), ms",
+                    fmt_runs([r["sdk_ms"] for r in rows], ".0f"),
+                    f"{sdk:.0f}",
+                ],
             ],
         ),
         "",
-        "Largest self times after airflow.sdk (median ms): " + ", ".join(f"`{name}` {ms:.2f}" for ms, name in top) + ".",
+        "Largest self times after airflow.sdk (median ms): "
+        + ", ".join(f"`{name}` {ms:.2f}" for ms, name in top)
+        + ".",
     ]
 
 
@@ -657,9 +818,14 @@ def figure_6(settings: Settings, out: FigureResult) -> None:
             conn = emu.connection_json(plan_concurrency=plan, rate_limit=0)
             runs = operator_rates(s, emu, conn, n, s.f6_runs, f"fig6-plan{plan}")
         rate = median([r["rate"] for r in runs])
-        rows.append({"plan": plan, "n": n, "ceiling": ceiling, "rate": rate, "ratio": rate / ceiling, "runs": runs})
+        rows.append(
+            {"plan": plan, "n": n, "ceiling": ceiling, "rate": rate, "ratio": rate / ceiling, "runs": runs}
+        )
     worst = min(rows, key=lambda r: r["ratio"])
-    out.summary = "; ".join(f"plan {r['plan']}: {r['rate']:.2f}/{r['ceiling']:g} ({r['ratio']:.2f})" for r in rows) + " images/s"
+    out.summary = (
+        "; ".join(f"plan {r['plan']}: {r['rate']:.2f}/{r['ceiling']:g} ({r['ratio']:.2f})" for r in rows)
+        + " images/s"
+    )
     out.goal = "each >= 0.95 of (plan+1)/latency"
     out.met = worst["ratio"] >= 0.95
     out.details += [
@@ -669,12 +835,29 @@ def figure_6(settings: Settings, out: FigureResult) -> None:
         "default client limit of 8 requests/s, plan 8 would be capped at 8 images/s).",
         "",
         *table(
-            ["plan concurrency", "in flight", "N", "ceiling images/s", "runs images/s", "median images/s", "ratio"],
-            [[r["plan"], r["plan"] + 1, r["n"], f"{r['ceiling']:g}", fmt_runs([x["rate"] for x in r["runs"]], ".3f"), f"{r['rate']:.3f}", f"{r['ratio']:.3f}"] for r in rows],
+            [
+                "plan concurrency",
+                "in flight",
+                "N",
+                "ceiling images/s",
+                "runs images/s",
+                "median images/s",
+                "ratio",
+            ],
+            [
+                [
+                    r["plan"],
+                    r["plan"] + 1,
+                    r["n"],
+                    f"{r['ceiling']:g}",
+                    fmt_runs([x["rate"] for x in r["runs"]], ".3f"),
+                    f"{r['rate']:.3f}",
+                    f"{r['ratio']:.3f}",
+                ]
+                for r in rows
+            ],
         ),
     ]
-
-
 
 
 # ---------------------------------------------------------------------------------------------
@@ -716,10 +899,16 @@ assert len(found) == n
 print("@@RESULT " + json.dumps({{"per_item_ms": (t1 - t0) * 1000 / n, "finish_ms": (t2 - t1) * 1000, "load_ms": (t4 - t3) * 1000,
     "state_sets_per_item": len(store) / n}}))
 """
-    done = subprocess.run([sys.executable, "-c", code], env={**child_env("{}"), **env}, capture_output=True, text=True, timeout=900)
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**child_env("{}"), **env},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     for line in reversed(done.stdout.splitlines()):
         if line.startswith("@@RESULT "):
-            return json.loads(line[len("@@RESULT "):])
+            return json.loads(line[len("@@RESULT ") :])
     raise RuntimeError(f"ledger cost on {destination}: {(done.stdout + done.stderr)[-3000:]}")
 
 
@@ -743,15 +932,32 @@ def figure_7(settings: Settings, out: FigureResult) -> None:
                 ("S3 API (moto, loopback)", f"s3://{bucket}/out", s3_env),
             ):
                 spec = {} if destination is None else {"destination": destination}
-                runs = operator_rates(s, emu, conn, s.f7_n, s.f7_runs, f"fig7-{where.split()[0]}", extra_env=env, **spec)
+                runs = operator_rates(
+                    s, emu, conn, s.f7_n, s.f7_runs, f"fig7-{where.split()[0]}", extra_env=env, **spec
+                )
                 rate = median([r["rate"] for r in runs])
-                rows.append([where, f"{median([r['wall_s'] for r in runs]):.2f}", f"{rate:.3f}", f"{rate / capacity:.3f}"])
+                rows.append(
+                    [
+                        where,
+                        f"{median([r['wall_s'] for r in runs]):.2f}",
+                        f"{rate:.3f}",
+                        f"{rate / capacity:.3f}",
+                    ]
+                )
         for where, destination, env in (
             ("local folder", str(local_root / "ledger"), {}),
             ("S3 API (moto, loopback)", f"s3://{bucket}/ledger", s3_env),
         ):
             cost = ledger_cost(destination, s.f7_ledger_n, env)
-            costs.append([where, f"{cost['per_item_ms']:.2f}", f"{cost['finish_ms'] / s.f7_ledger_n:.2f}", f"{cost['load_ms']:.0f}", f"{cost['state_sets_per_item']:.0f}"])
+            costs.append(
+                [
+                    where,
+                    f"{cost['per_item_ms']:.2f}",
+                    f"{cost['finish_ms'] / s.f7_ledger_n:.2f}",
+                    f"{cost['load_ms']:.0f}",
+                    f"{cost['state_sets_per_item']:.0f}",
+                ]
+            )
     finally:
         s3.stop()
         shutil.rmtree(log_dir, ignore_errors=True)
@@ -771,7 +977,16 @@ def figure_7(settings: Settings, out: FigureResult) -> None:
         f"Cost of the ledger alone, {s.f7_ledger_n} items in one process (no upscale; a dict stands in for the state store, "
         "whose real cost is one execution-API call per set):",
         "",
-        *table(["destination", "ms per item (3 durable writes)", "ms per item at the end of the try", "resume load ms (all items)", "state-store sets per item"], costs),
+        *table(
+            [
+                "destination",
+                "ms per item (3 durable writes)",
+                "ms per item at the end of the try",
+                "resume load ms (all items)",
+                "state-store sets per item",
+            ],
+            costs,
+        ),
         "",
         "Requests per item at the destination: 3 object writes (sent, answered, downloaded) + the image, then 3 deletes when "
         "the try's segment covers them; a resume is 3 listings + one GET per segment (not per item).",
@@ -779,7 +994,13 @@ def figure_7(settings: Settings, out: FigureResult) -> None:
 
 
 RUNNERS: dict[int, Callable[[Settings, FigureResult], None]] = {
-    1: figure_1, 2: figure_2, 3: figure_3, 4: figure_4, 5: figure_5, 6: figure_6, 7: figure_7,
+    1: figure_1,
+    2: figure_2,
+    3: figure_3,
+    4: figure_4,
+    5: figure_5,
+    6: figure_6,
+    7: figure_7,
 }
 
 
@@ -790,7 +1011,9 @@ def summary_table(results: dict[int, FigureResult]) -> list[str]:
         if r is None:
             rows.append([number, TITLES[number], "not run", "", "not run"])
         elif r.error:
-            rows.append([number, TITLES[number], "error: " + r.error.strip().splitlines()[-1][:150], r.goal, "ERROR"])
+            rows.append(
+                [number, TITLES[number], "error: " + r.error.strip().splitlines()[-1][:150], r.goal, "ERROR"]
+            )
         else:
             rows.append([number, TITLES[number], r.summary.replace("|", "/"), r.goal, r.status])
     return table(["#", "figure", "result", "goal", "status"], rows)
@@ -801,7 +1024,9 @@ def report(results: dict[int, FigureResult], settings: Settings, info: dict[str,
         "# Benchmark results",
         "",
         f"Generated by `./dev bench{' --quick' if settings.quick else ''}` in {elapsed / 60:.1f} min."
-        + (" **Quick mode: tiny N, one run each; the numbers are not meaningful.**" if settings.quick else ""),
+        + (
+            " **Quick mode: tiny N, one run each; the numbers are not meaningful.**" if settings.quick else ""
+        ),
         "The machine is shared and noisy: rates are medians of several runs, and every ratio compares numbers "
         "measured side by side in this run. See `benchmarks/README.md` for what each figure means.",
         "",
@@ -819,7 +1044,12 @@ def report(results: dict[int, FigureResult], settings: Settings, info: dict[str,
         if r.error:
             lines += ["```", r.error.strip()[-3000:], "```", ""]
             continue
-        lines += [f"**{r.summary}** — goal {r.goal}: **{r.status}** ({r.seconds:.0f} s to measure)", "", *r.details, ""]
+        lines += [
+            f"**{r.summary}** — goal {r.goal}: **{r.status}** ({r.seconds:.0f} s to measure)",
+            "",
+            *r.details,
+            "",
+        ]
     if FINDINGS.exists():
         lines += [FINDINGS.read_text(encoding="utf-8").strip(), ""]
     return "\n".join(lines)
@@ -835,17 +1065,37 @@ def parse_figures(text: str | None) -> list[int]:
             continue
         number = int(part) if part.isdigit() else by_name.get(part.lower())
         if number not in FIGURES:
-            raise SystemExit(f"unknown figure {part!r}; choose from {', '.join(f'{k}={v}' for k, v in FIGURES.items())}")
+            raise SystemExit(
+                f"unknown figure {part!r}; choose from {', '.join(f'{k}={v}' for k, v in FIGURES.items())}"
+            )
         chosen.append(number)
     return sorted(set(chosen))
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="tiny N and one run each (a smoke test of the harness)")
-    parser.add_argument("--figures", "-f", default=None, help="comma-separated numbers or names: " + ", ".join(f"{k}={v}" for k, v in FIGURES.items()))
-    parser.add_argument("--output", "-o", default=str(DEFAULT_OUTPUT), help="where to write the markdown report (default benchmarks/RESULTS.md)")
-    parser.add_argument("--profile", action="store_true", help="write pyinstrument profiles of operator runs to benchmarks/.work/profiles/")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="tiny N and one run each (a smoke test of the harness)"
+    )
+    parser.add_argument(
+        "--figures",
+        "-f",
+        default=None,
+        help="comma-separated numbers or names: " + ", ".join(f"{k}={v}" for k, v in FIGURES.items()),
+    )
+    parser.add_argument(
+        "--output",
+        "-o",
+        default=str(DEFAULT_OUTPUT),
+        help="where to write the markdown report (default benchmarks/RESULTS.md)",
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="write pyinstrument profiles of operator runs to benchmarks/.work/profiles/",
+    )
     args = parser.parse_args(argv)
     settings = Settings.quick_settings() if args.quick else Settings()
     settings.profile = args.profile

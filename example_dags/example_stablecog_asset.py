@@ -49,7 +49,9 @@ with DAG(
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
     tags=["stablecog", "example", "asset"],
-    params={"images": Param(DEFAULT_IMAGES, type="array", description="Image URLs, IDs or paths to upscale.")},
+    params={
+        "images": Param(DEFAULT_IMAGES, type="array", description="Image URLs, IDs or paths to upscale.")
+    },
     doc_md=__doc__,
 ) as producer:
 

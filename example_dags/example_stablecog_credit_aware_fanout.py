@@ -130,15 +130,28 @@ with DAG(
         A reschedule-mode sensor: it holds no worker slot between pokes, and done as soon as a chunk runs.
         """
         import pendulum
-        from airflow.sdk.exceptions import AirflowFailException
 
-        started_states = ["queued", "running", "success", "failed", "up_for_retry", "up_for_reschedule", "deferred"]
-        started = ti.get_ti_count(dag_id=ti.dag_id, task_ids=["upscale_chunk"], run_ids=[run_id], states=started_states)
+        from airflow_provider_stablecog.compat import AirflowFailException
+
+        started_states = [
+            "queued",
+            "running",
+            "success",
+            "failed",
+            "up_for_retry",
+            "up_for_reschedule",
+            "deferred",
+        ]
+        started = ti.get_ti_count(
+            dag_id=ti.dag_id, task_ids=["upscale_chunk"], run_ids=[run_id], states=started_states
+        )
         if started:
             print(f"Chunks are running in pool '{POOL}'")
             return True
         timeout = int(params["pool_check_timeout"])
-        first_poke = ti.get_first_reschedule_date(context | {"ti": ti}) or ti.start_date or pendulum.now("UTC")
+        first_poke = (
+            ti.get_first_reschedule_date(context | {"ti": ti}) or ti.start_date or pendulum.now("UTC")
+        )
         waited = (pendulum.now("UTC") - first_poke).total_seconds()
         if waited > timeout:
             raise AirflowFailException(

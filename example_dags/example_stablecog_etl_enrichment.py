@@ -112,7 +112,9 @@ with DAG(
 
         from airflow_provider_stablecog.utils.storage import read_manifest
 
-        dims = {r["output_id"]: r for r in read_manifest(params["destination"]).values() if r.get("output_id")}
+        dims = {
+            r["output_id"]: r for r in read_manifest(params["destination"]).values() if r.get("output_id")
+        }
         upscaled = iter(results)
         enriched, failed = [], 0
         for record in records:

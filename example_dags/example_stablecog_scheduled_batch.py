@@ -97,19 +97,22 @@ with DAG(
     def list_new_images(params: dict | None = None) -> list[str]:
         """Every image file under ``source`` (sorted, so runs are reproducible)."""
         from airflow.sdk import ObjectStoragePath
-        from airflow.sdk.exceptions import AirflowFailException
+
+        from airflow_provider_stablecog.compat import AirflowFailException
 
         source = params["source"]
         if "://" not in source and not os.path.isdir(source):
             raise AirflowFailException(
                 f"Source folder {source!r} does not exist. Create it and put images in it "
                 f"(mkdir -p {source}), or trigger with another source "
-                "(-c '{\"source\": \"/path/to/images\"}' or the trigger form), or set "
+                '(-c \'{"source": "/path/to/images"}\' or the trigger form), or set '
                 "STABLECOG_EXAMPLE_SOURCE for the dag-processor to change the default."
             )
         root = ObjectStoragePath(source if "://" in source else f"file://{os.path.abspath(source)}")
         images = sorted(
-            str(p.path if p.protocol == "file" else p) for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES
+            str(p.path if p.protocol == "file" else p)
+            for p in root.rglob("*")
+            if p.suffix.lower() in IMAGE_SUFFIXES
         )
         if images:
             print(f"{len(images)} images under {source}")

@@ -42,6 +42,7 @@ def fresh_emulator(emulator, monkeypatch, *, plan_concurrency: int):
     emulator.reset()
     emulator.configure(latency=0.05, faults={}, rate_limit=0)
     monkeypatch.setenv(
-        "AIRFLOW_CONN_STABLECOG_DEFAULT", emulator.connection_json(plan_concurrency=plan_concurrency, rate_limit=0)
+        "AIRFLOW_CONN_STABLECOG_DEFAULT",
+        emulator.connection_json(plan_concurrency=plan_concurrency, rate_limit=0),
     )
     return emulator

@@ -81,7 +81,12 @@ def test_get_credits(client, requests_mock):
                 "id": "c1",
                 "remaining_amount": 1391,
                 "expires_at": "2100-01-01T05:00:00Z",
-                "type": {"id": "t1", "name": "Gift XLarge", "amount": 1500, "description": "XLarge gift pack."},
+                "type": {
+                    "id": "t1",
+                    "name": "Gift XLarge",
+                    "amount": 1500,
+                    "description": "XLarge gift pack.",
+                },
             }
         ],
     }
@@ -134,11 +139,16 @@ def test_upload_is_retried_from_the_start_of_the_file(client, requests_mock):
 
 
 def test_generation_outputs_pagination(client, requests_mock):
-    page1 = {"total": 3, "next": "cur-2", "outputs": [{"id": "o1", "image_url": "u1"}, {"id": "o2", "image_url": "u2", "upscaled_image_url": "x2"}]}
+    page1 = {
+        "total": 3,
+        "next": "cur-2",
+        "outputs": [
+            {"id": "o1", "image_url": "u1"},
+            {"id": "o2", "image_url": "u2", "upscaled_image_url": "x2"},
+        ],
+    }
     page2 = {"outputs": [{"id": "o3", "image_url": "u3"}]}
-    m = requests_mock.get(
-        f"{BASE_URL}/v1/image/generation/outputs", [{"json": page1}, {"json": page2}]
-    )
+    m = requests_mock.get(f"{BASE_URL}/v1/image/generation/outputs", [{"json": page1}, {"json": page2}])
     outputs = list(client.iter_generation_outputs(per_page=2, upscaled="any"))
     assert [o.id for o in outputs] == ["o1", "o2", "o3"]
     assert [o.is_upscaled for o in outputs] == [False, True, False]
@@ -188,7 +198,8 @@ def test_429_is_retried_after_retry_after_without_spending_an_attempt(requests_m
     policy = RetryPolicy(max_attempts=1, rate_limit_jitter=0)
     m = requests_mock.post(
         f"{BASE_URL}/v1/image/upscale/create",
-        [{"status_code": 429, "text": "Too Many Requests", "headers": {"Retry-After": "0.3"}}] * 3 + [{"json": UPSCALE_OK}],
+        [{"status_code": 429, "text": "Too Many Requests", "headers": {"Retry-After": "0.3"}}] * 3
+        + [{"json": UPSCALE_OK}],
     )
     with StablecogClient(API_KEY, BASE_URL, rate_limit=None, retry=policy) as c:
         start = time.monotonic()
@@ -202,9 +213,15 @@ def test_429_is_retried_after_retry_after_without_spending_an_attempt(requests_m
 def test_429s_are_bounded_by_the_rate_limit_budget(requests_mock):
     policy = RetryPolicy(max_attempts=10, rate_limit_budget=0.3, rate_limit_jitter=0)
     m = requests_mock.post(
-        f"{BASE_URL}/v1/image/upscale/create", status_code=429, text="Too Many Requests", headers={"Retry-After": "0.1"}
+        f"{BASE_URL}/v1/image/upscale/create",
+        status_code=429,
+        text="Too Many Requests",
+        headers={"Retry-After": "0.1"},
     )
-    with StablecogClient(API_KEY, BASE_URL, rate_limit=None, retry=policy) as c, pytest.raises(exc.RateLimitError, match="rate_limit_budget"):
+    with (
+        StablecogClient(API_KEY, BASE_URL, rate_limit=None, retry=policy) as c,
+        pytest.raises(exc.RateLimitError, match="rate_limit_budget"),
+    ):
         c.upscale("https://img.test/a.png")
     assert 3 <= m.call_count <= 6
 
@@ -228,7 +245,11 @@ def test_transient_errors_are_retried(client, requests_mock, failure):
 
 
 LOST = [
-    {"exc": requests.exceptions.ConnectionError(ProtocolError("Connection aborted.", ConnectionResetError(104, "reset")))},
+    {
+        "exc": requests.exceptions.ConnectionError(
+            ProtocolError("Connection aborted.", ConnectionResetError(104, "reset"))
+        )
+    },
     {"exc": requests.exceptions.ConnectionError("reset")},
     {"exc": requests.exceptions.ReadTimeout("slow")},
     {"exc": requests.exceptions.ChunkedEncodingError("cut")},
@@ -319,7 +340,10 @@ def test_retries_are_bounded_by_count(client, requests_mock):
 def test_retries_are_bounded_by_time(requests_mock):
     policy = RetryPolicy(max_attempts=100, max_elapsed=0.2, initial_backoff=0.05, max_backoff=0.05, jitter=0)
     m = requests_mock.post(f"{BASE_URL}/v1/image/upscale/create", status_code=502, text="<html/>")
-    with StablecogClient(API_KEY, BASE_URL, rate_limit=None, retry=policy) as c, pytest.raises(exc.StablecogServerError):
+    with (
+        StablecogClient(API_KEY, BASE_URL, rate_limit=None, retry=policy) as c,
+        pytest.raises(exc.StablecogServerError),
+    ):
         c.upscale("https://img.test/a.png")
     assert 2 <= m.call_count < 20
 
@@ -340,7 +364,10 @@ def test_not_json_answer_is_a_clear_error(client, requests_mock):
 
 def test_missing_key_is_a_config_error_before_any_request(requests_mock):
     m = requests_mock.get(f"{BASE_URL}/v1/credits", json={})
-    with StablecogClient(None, BASE_URL) as c, pytest.raises(exc.StablecogConfigError, match="password field"):
+    with (
+        StablecogClient(None, BASE_URL) as c,
+        pytest.raises(exc.StablecogConfigError, match="password field"),
+    ):
         c.get_credits()
     assert m.call_count == 0
 
@@ -363,9 +390,21 @@ def test_download_streams_without_the_key(client, requests_mock):
     ("url", "response", "code"),
     [
         ("file:///etc/passwd", None, "invalid_output_url"),
-        ("https://b.test/x", {"text": "<html/>", "headers": {"Content-Type": "text/html"}}, "invalid_output_content"),
-        ("https://b.test/y", {"content": b"x" * 100, "headers": {"Content-Type": "image/jpeg", "Content-Length": "100"}}, "output_too_large"),
-        ("https://b.test/z", {"content": b"x" * 100, "headers": {"Content-Type": "image/jpeg"}}, "output_too_large"),
+        (
+            "https://b.test/x",
+            {"text": "<html/>", "headers": {"Content-Type": "text/html"}},
+            "invalid_output_content",
+        ),
+        (
+            "https://b.test/y",
+            {"content": b"x" * 100, "headers": {"Content-Type": "image/jpeg", "Content-Length": "100"}},
+            "output_too_large",
+        ),
+        (
+            "https://b.test/z",
+            {"content": b"x" * 100, "headers": {"Content-Type": "image/jpeg"}},
+            "output_too_large",
+        ),
     ],
 )
 def test_download_refuses_untrusted_answers(client, requests_mock, url, response, code):
@@ -383,7 +422,16 @@ def test_key_never_in_logs_or_exception_text(client, requests_mock, caplog, caps
     caplog.set_level(logging.DEBUG)
     requests_mock.post(
         f"{BASE_URL}/v1/image/upscale/create",
-        [{"exc": requests.exceptions.ConnectionError(MaxRetryError(None, "/", NewConnectionError(None, f"boom Authorization: Bearer {API_KEY}")))}] * 10,
+        [
+            {
+                "exc": requests.exceptions.ConnectionError(
+                    MaxRetryError(
+                        None, "/", NewConnectionError(None, f"boom Authorization: Bearer {API_KEY}")
+                    )
+                )
+            }
+        ]
+        * 10,
     )
     with pytest.raises(exc.StablecogConnectionError) as info:
         client.upscale("https://user:hunter2@img.test/a.png?X-Amz-Signature=secretsig")
@@ -435,4 +483,8 @@ def test_download_429_waits_retry_after_without_a_shared_limiter(client, request
     sink = io.BytesIO()
     sink.close = lambda: None
     assert client.download(url, lambda: sink) == 3
-    assert m.call_count == 2 and len(sleeps) == 1 and 2.0 <= sleeps[0] <= 2.0 + client.retry_policy.rate_limit_jitter
+    assert (
+        m.call_count == 2
+        and len(sleeps) == 1
+        and 2.0 <= sleeps[0] <= 2.0 + client.retry_policy.rate_limit_jitter
+    )

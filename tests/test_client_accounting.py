@@ -115,7 +115,11 @@ def test_lost_answers_raise_response_lost_and_are_never_repaid(emu, fault):
     with make_client(emu) as client:
         results = run_all(client.upscale, items)
     lost = [k for k, v in results.items() if isinstance(v, exc.StablecogResponseLostError)]
-    others = [v for v in results.values() if isinstance(v, Exception) and not isinstance(v, exc.StablecogResponseLostError)]
+    others = [
+        v
+        for v in results.values()
+        if isinstance(v, Exception) and not isinstance(v, exc.StablecogResponseLostError)
+    ]
     books = emu.ledger()
     assert others == []
     assert len(lost) == books["responses_lost"] == books["faults_injected"][fault] > 0
@@ -130,11 +134,19 @@ def test_lost_answers_raise_response_lost_and_are_never_repaid(emu, fault):
 def test_read_timeout_is_response_lost_and_the_emulator_counts_it(emu, caplog):
     caplog.set_level(logging.WARNING)
     emu.configure(latency=1.2)
-    with make_client(emu, read_timeout=0.4) as client, pytest.raises(exc.StablecogResponseLostError, match="read timeout"):
+    with (
+        make_client(emu, read_timeout=0.4) as client,
+        pytest.raises(exc.StablecogResponseLostError, match="read timeout"),
+    ):
         client.upscale(emu.sample_url("32x32.png", seed=3))
     assert "shorter than the server's longest hold" in caplog.text
     books = _ledger_when(emu, lambda b: b["responses_lost"] == 1)
-    assert (books["charged"], books["responses_lost"], books["abandoned_by_client"], books["delivered"]) == (1, 1, 1, 0)
+    assert (books["charged"], books["responses_lost"], books["abandoned_by_client"], books["delivered"]) == (
+        1,
+        1,
+        1,
+        0,
+    )
     assert books["requests_by_route"][UPSCALE_ROUTE] == 1
 
 
@@ -221,7 +233,9 @@ def test_jittered_answers_carry_the_balance_after_their_own_charge(emu):
     assert arrivals != sorted(arrivals, reverse=True)  # an older, higher balance arrived later
 
 
-def _ledger_when(emu: RunningEmulator, condition: Callable[[dict[str, Any]], bool], timeout: float = 10.0) -> dict[str, Any]:
+def _ledger_when(
+    emu: RunningEmulator, condition: Callable[[dict[str, Any]], bool], timeout: float = 10.0
+) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while True:
         books = emu.ledger()

@@ -14,7 +14,13 @@ CASES = [
     (400, {"error": "insufficient_credits"}, {}, exc.InsufficientCreditsError, "insufficient_credits"),
     (400, {"error": "queue_limit_reached"}, {}, exc.QueueLimitError, "queue_limit_reached"),
     (400, {"error": "invalid_image_url"}, {}, exc.StablecogInputError, "invalid_image_url"),
-    (400, {"error": "image_url_width_height_error"}, {}, exc.StablecogInputError, "image_url_width_height_error"),
+    (
+        400,
+        {"error": "image_url_width_height_error"},
+        {},
+        exc.StablecogInputError,
+        "image_url_width_height_error",
+    ),
     (400, {"error": "output_not_found"}, {}, exc.StablecogInputError, "output_not_found"),
     (400, {"error": "invalid_model_id"}, {}, exc.StablecogInputError, "invalid_model_id"),
     (400, {"error": "json_parse_error"}, {}, exc.StablecogInputError, "json_parse_error"),
@@ -34,7 +40,9 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize(("status", "body", "headers", "cls", "code"), CASES, ids=[f"{c[0]}-{c[4]}" for c in CASES])
+@pytest.mark.parametrize(
+    ("status", "body", "headers", "cls", "code"), CASES, ids=[f"{c[0]}-{c[4]}" for c in CASES]
+)
 def test_error_from_response_classifies_every_code(status, body, headers, cls, code):
     text = body if isinstance(body, str) else json.dumps(body)
     error = exc.error_from_response(status, headers, text, context="upscale of 'x.png'")
@@ -49,7 +57,9 @@ def test_error_from_response_classifies_every_code(status, body, headers, cls, c
     assert len(message) > len(code) + 40
 
 
-@pytest.mark.parametrize(("status", "body", "headers", "cls", "code"), CASES, ids=[f"{c[0]}-{c[4]}" for c in CASES])
+@pytest.mark.parametrize(
+    ("status", "body", "headers", "cls", "code"), CASES, ids=[f"{c[0]}-{c[4]}" for c in CASES]
+)
 def test_retry_predicate_is_by_class(status, body, headers, cls, code):
     text = body if isinstance(body, str) else json.dumps(body)
     error = exc.error_from_response(status, headers, text)

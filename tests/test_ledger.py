@@ -33,14 +33,21 @@ def _answered(identity: str, n: int = 0, model: str | None = None) -> ItemRecord
 
 
 def test_the_key_hashes_the_input_and_the_model():
-    a, b = item_key("https://x.test/a.png"), item_key("https://x.test/a.png", "5c9e8f2b-2d5a-4f3e-9a41-7f3b9c1d2e4f")
+    a, b = (
+        item_key("https://x.test/a.png"),
+        item_key("https://x.test/a.png", "5c9e8f2b-2d5a-4f3e-9a41-7f3b9c1d2e4f"),
+    )
     assert a != b and len(a) == len(b) == 32
     assert item_key(PRESIGNED) != item_key(PRESIGNED.replace("deadbeef", "00000000"))
     assert "deadbeef" not in item_key(PRESIGNED)
 
 
 def test_paid_is_the_one_rule_and_credits_needed_uses_it():
-    paid, pending, failed = _answered("a"), ItemRecord(key=item_key("b"), pending=["n1"]), ItemRecord(key=item_key("c"))
+    paid, pending, failed = (
+        _answered("a"),
+        ItemRecord(key=item_key("b"), pending=["n1"]),
+        ItemRecord(key=item_key("c")),
+    )
     failed.fail("failed", "output_not_found", "c: gone")
     assert paid.paid and not pending.paid and pending.in_flight_at_crash and not failed.paid
     known = {r.key: r for r in (paid, pending, failed)}
@@ -51,10 +58,21 @@ def test_paid_is_the_one_rule_and_credits_needed_uses_it():
 def test_views_are_derived_from_the_record():
     record = _answered("https://x.test/a.png")
     record.possibly_double_charged = 1
-    assert set(record.manifest()) >= {"key", "input", "status", "output_id", "url", "credits_charged", "possibly_double_charged"}
+    assert set(record.manifest()) >= {
+        "key",
+        "input",
+        "status",
+        "output_id",
+        "url",
+        "credits_charged",
+        "possibly_double_charged",
+    }
     assert record.xcom() == {
-        "input": "https://x.test/a.png", "status": "not_started", "output_id": "out-0",
-        "url": "https://cdn.test/0.jpeg", "possibly_double_charged": 1,
+        "input": "https://x.test/a.png",
+        "status": "not_started",
+        "output_id": "out-0",
+        "url": "https://cdn.test/0.jpeg",
+        "possibly_double_charged": 1,
     }
     assert "message" not in record.state_value() and len(json.dumps(record.state_value())) < 400
 
@@ -106,7 +124,10 @@ def test_invalid_utf8_and_truncated_lines_are_survived_and_counted_once(tmp_path
 
 def test_a_manifest_of_provider_0_1_is_read_as_paid(tmp_path):
     url = "https://x.test/legacy.png"
-    write_manifest(tmp_path, [{"input": url, "key": url, "status": "upscaled", "url": "https://cdn.test/l.jpeg", "path": "x.jpg"}])
+    write_manifest(
+        tmp_path,
+        [{"input": url, "key": url, "status": "upscaled", "url": "https://cdn.test/l.jpeg", "path": "x.jpg"}],
+    )
     loaded = Ledger(destination=resolve_destination(tmp_path)).load()
     assert loaded[item_key(url)].paid
 
@@ -130,7 +151,12 @@ def test_segments_cover_item_versions_and_are_merged_past_the_limit(tmp_path):
 def test_state_store_values_stay_small_and_a_retry_reads_them(tmp_path):
     store = MemoryStateStore()
     ledger = Ledger(store=store)
-    records = [ItemRecord(key=item_key(f"https://x.test/{i}.png?sig=s3cret"), input=f"https://x.test/{i}.png?sig=***") for i in range(600)]
+    records = [
+        ItemRecord(
+            key=item_key(f"https://x.test/{i}.png?sig=s3cret"), input=f"https://x.test/{i}.png?sig=***"
+        )
+        for i in range(600)
+    ]
     for record in records:
         ledger.sent(record)
     for record in records[:400]:

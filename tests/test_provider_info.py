@@ -19,7 +19,11 @@ def test_package_name_is_the_distribution_name():
 
 
 def test_entry_point_is_registered():
-    eps = [ep for ep in entry_points(group="apache_airflow_provider") if ep.value.startswith("airflow_provider_stablecog")]
+    eps = [
+        ep
+        for ep in entry_points(group="apache_airflow_provider")
+        if ep.value.startswith("airflow_provider_stablecog")
+    ]
     assert len(eps) == 1 and eps[0].load() is get_provider_info
 
 
@@ -32,7 +36,14 @@ def test_connection_form_declared():
     (conn,) = get_provider_info()["connection-types"]
     assert conn["connection-type"] == "stablecog"
     assert conn["hook-class-name"] == "airflow_provider_stablecog.hooks.stablecog.StablecogHook"
-    assert {"timeout", "connect_timeout", "plan_concurrency", "rate_limit", "max_retries", "retry_backoff"} <= set(conn["conn-fields"])
+    assert {
+        "timeout",
+        "connect_timeout",
+        "plan_concurrency",
+        "rate_limit",
+        "max_retries",
+        "retry_backoff",
+    } <= set(conn["conn-fields"])
     behaviour = conn["ui-field-behaviour"]
     assert behaviour["relabeling"]["password"] == "API key"
     assert behaviour["placeholders"]["host"] == "https://api.stablecog.com"
@@ -55,7 +66,9 @@ def test_connection_form_placeholders_are_the_hooks_defaults(monkeypatch):
 
     (conn,) = get_provider_info()["connection-types"]
     placeholders = conn["ui-field-behaviour"]["placeholders"]
-    monkeypatch.setenv("AIRFLOW_CONN_STABLECOG_DEFAULT", json.dumps({"conn_type": "stablecog", "password": "sc-x"}))
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_STABLECOG_DEFAULT", json.dumps({"conn_type": "stablecog", "password": "sc-x"})
+    )
     settings = StablecogHook().settings
     used = {
         "timeout": settings.read_timeout,
@@ -74,8 +87,12 @@ def test_connection_form_placeholders_are_the_hooks_defaults(monkeypatch):
 def test_airflow_cli_lists_the_provider_and_its_hook(tmp_path):
     env = {"AIRFLOW_HOME": str(tmp_path), "PATH": str(Path(sys.executable).parent)}
     airflow_bin = str(Path(sys.executable).parent / "airflow")
-    providers = subprocess.run([airflow_bin, "providers", "list"], env=env, capture_output=True, text=True, check=True)
+    providers = subprocess.run(
+        [airflow_bin, "providers", "list"], env=env, capture_output=True, text=True, check=True
+    )
     assert "airflow-provider-stablecog" in providers.stdout
-    hooks = subprocess.run([airflow_bin, "providers", "hooks"], env=env, capture_output=True, text=True, check=True)
+    hooks = subprocess.run(
+        [airflow_bin, "providers", "hooks"], env=env, capture_output=True, text=True, check=True
+    )
     line = next(line for line in hooks.stdout.splitlines() if line.startswith("stablecog "))
     assert "StablecogHook" in line and "stablecog_conn_id" in line

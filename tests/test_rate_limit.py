@@ -121,7 +121,13 @@ def test_client_limits_per_route_class():
 
 
 def test_a_read_429_slows_creates_too(requests_mock):
-    requests_mock.get(f"{BASE_URL}/v1/credits", [{"status_code": 429, "text": "Too Many Requests", "headers": {"Retry-After": "0"}}, {"json": {"total_remaining_credits": 1}}])
+    requests_mock.get(
+        f"{BASE_URL}/v1/credits",
+        [
+            {"status_code": 429, "text": "Too Many Requests", "headers": {"Retry-After": "0"}},
+            {"json": {"total_remaining_credits": 1}},
+        ],
+    )
     with StablecogClient(API_KEY, BASE_URL) as client:
         assert client.get_credits().total_remaining_credits == 1
         assert client.read_limiter.rate_limited == 1 and client.rate_limiter.rate_limited == 1

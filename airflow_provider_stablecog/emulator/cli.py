@@ -193,8 +193,16 @@ def connection_lines(url: str, api_key: str, plan_concurrency: int) -> list[str]
         conn["extra"] = extra
     env = "AIRFLOW_CONN_STABLECOG_DEFAULT=" + shlex.quote(json.dumps(conn))
     add = [
-        "airflow", "connections", "add", "stablecog_default", "--conn-type", "stablecog",
-        "--conn-host", url, "--conn-password", api_key,
+        "airflow",
+        "connections",
+        "add",
+        "stablecog_default",
+        "--conn-type",
+        "stablecog",
+        "--conn-host",
+        url,
+        "--conn-password",
+        api_key,
     ]
     if extra:
         add += ["--conn-extra", json.dumps(extra)]

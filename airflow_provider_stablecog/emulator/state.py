@@ -14,7 +14,7 @@ import uuid
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ UPSCALE_MODELS: tuple[dict[str, Any], ...] = (
 )
 GENERATION_MODEL_ID = "048b4aa3-5586-47ed-900f-f4341c96bdb2"
 SCHEDULER_ID = "55027f8b-f046-4e71-bc51-53d5448661e0"
-SEED_EPOCH = datetime(2024, 1, 1, tzinfo=timezone.utc)
+SEED_EPOCH = datetime(2024, 1, 1, tzinfo=UTC)
 PROMPTS = (
     "a lighthouse on a cliff at dawn, oil painting",
     "macro photo of a dew drop on a leaf",
@@ -48,7 +48,7 @@ def stable_uuid(*parts: object) -> str:
 
 def iso(moment: datetime) -> str:
     """``2024-01-01T00:00:00.000Z`` style timestamps, as the server writes them."""
-    moment = moment.astimezone(timezone.utc)
+    moment = moment.astimezone(UTC)
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 

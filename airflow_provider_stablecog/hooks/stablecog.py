@@ -100,7 +100,9 @@ class StablecogConnectionSettings:
         return f"StablecogConnectionSettings(conn_id={self.conn_id!r}, base_url={self.base_url!r}, ...)"
 
     @classmethod
-    def from_connection(cls, conn: Connection, *, name_in_messages: bool = True) -> StablecogConnectionSettings:
+    def from_connection(
+        cls, conn: Connection, *, name_in_messages: bool = True
+    ) -> StablecogConnectionSettings:
         """Read and check ``conn``.
 
         :param name_in_messages: quote the connection id in error messages. The UI's Test button
@@ -125,7 +127,9 @@ class StablecogConnectionSettings:
             api_key=conn.password,
             connect_timeout=_number(extra, "connect_timeout", DEFAULT_CONNECT_TIMEOUT, where, minimum=0.1),
             read_timeout=_number(extra, "timeout", DEFAULT_READ_TIMEOUT, where, minimum=0.1),
-            plan_concurrency=int(_number(extra, "plan_concurrency", DEFAULT_PLAN_CONCURRENCY, where, minimum=1)),
+            plan_concurrency=int(
+                _number(extra, "plan_concurrency", DEFAULT_PLAN_CONCURRENCY, where, minimum=1)
+            ),
             rate_limit=rate or None,
             max_retries=int(_number(extra, "max_retries", DEFAULT_MAX_RETRIES, where)),
             retry_backoff=_number(extra, "retry_backoff", DEFAULT_RETRY_BACKOFF, where),
@@ -226,9 +230,13 @@ class StablecogHook(BaseHook):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if pool_size is not None and (isinstance(pool_size, bool) or not isinstance(pool_size, int) or pool_size < 1):
+        if pool_size is not None and (
+            isinstance(pool_size, bool) or not isinstance(pool_size, int) or pool_size < 1
+        ):
             raise ValueError(f"pool_size must be an int >= 1, got {pool_size!r}")
-        if max_retries is not None and (isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0):
+        if max_retries is not None and (
+            isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0
+        ):
             raise ValueError(f"max_retries must be an int >= 0, got {max_retries!r}")
         self.stablecog_conn_id = stablecog_conn_id
         self._pool_size = pool_size
@@ -472,7 +480,10 @@ def _transport_reason(exc: BaseException, timeout: tuple[float, float]) -> str:
             "the connection was refused: nothing listens at that host and port (is the emulator "
             "running? is the port right?)"
         )
-    if any(issubclass(t, requests.exceptions.ConnectTimeout) for t in kinds) or "ConnectTimeoutError" in names:
+    if (
+        any(issubclass(t, requests.exceptions.ConnectTimeout) for t in kinds)
+        or "ConnectTimeoutError" in names
+    ):
         return f"no connection within {timeout[0]:g} s (timeout): a firewall, or a wrong address"
     if any(issubclass(t, requests.exceptions.ReadTimeout) for t in kinds) or "ReadTimeoutError" in names:
         return f"connected, but no answer within {timeout[1]:g} s (timeout)"

@@ -30,7 +30,7 @@ from airflow_provider_stablecog.hooks.stablecog import StablecogHook
 if TYPE_CHECKING:
     from airflow.sdk import Context, ObjectStoragePath
 
-    from airflow_provider_stablecog.batch import BatchReport, ItemResult
+    from airflow_provider_stablecog.batch import BatchReport
     from airflow_provider_stablecog.utils.inputs import InputPlan
 
 _UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
@@ -74,7 +74,7 @@ class UpscaleOperator(BaseOperator):
     """
 
     template_fields: Sequence[str] = ("inputs", "destination", "model_id")
-    template_fields_renderers = {"inputs": "json"}
+    template_fields_renderers = {"inputs": "json"}  # noqa: RUF012 -- Airflow reads it from the class
     ui_color = "#d8c8f0"
 
     def __init__(
@@ -137,6 +137,7 @@ class UpscaleOperator(BaseOperator):
 
     def execute(self, context: Context) -> Any:
         from airflow_provider_stablecog.batch import BatchOptions, UpscaleBatch
+        from airflow_provider_stablecog.compat import task_state_store
         from airflow_provider_stablecog.ledger import Ledger
         from airflow_provider_stablecog.utils.inputs import coerce_input_list, plan_inputs
 
@@ -149,7 +150,7 @@ class UpscaleOperator(BaseOperator):
         self.hook.pool_size = max(self.hook.pool_size, concurrency + 4)
         model_id = self._checked_model_id()
         destination = self._prepare_destination()
-        ledger = Ledger(store=_task_state_store(context, self.log), destination=destination, log=self.log)
+        ledger = Ledger(store=task_state_store(context, self.log), destination=destination, log=self.log)
         options = BatchOptions(
             model_id=model_id,
             max_concurrency=concurrency,
@@ -158,7 +159,15 @@ class UpscaleOperator(BaseOperator):
             progress_interval=self.progress_interval,
             resend_possibly_charged=self.resend_possibly_charged,
         )
-        batch = UpscaleBatch(self.hook.client, plan, options, destination=destination, ledger=ledger, log=self.log, stop_event=self._stop)
+        batch = UpscaleBatch(
+            self.hook.client,
+            plan,
+            options,
+            destination=destination,
+            ledger=ledger,
+            log=self.log,
+            stop_event=self._stop,
+        )
         todo = batch.plan()
         credits = self._starting_credits() if (todo.to_upscale or self.plan_only) else None
         if self.plan_only:
@@ -166,11 +175,17 @@ class UpscaleOperator(BaseOperator):
         self.log.info(
             "Upscaling %d unique images (%d inputs, %d already done, %d to download again, %d invalid, "
             "%d free, %d in flight when an earlier try ended) with %d in flight; %s",
-            len(todo.to_upscale), len(plan.positions), len(todo.skipped), len(todo.to_download),
-            len(plan.invalid) + len(todo.preflight_failed), len(todo.free), len(todo.in_flight_at_crash),
+            len(todo.to_upscale),
+            len(plan.positions),
+            len(todo.skipped),
+            len(todo.to_download),
+            len(plan.invalid) + len(todo.preflight_failed),
+            len(todo.free),
+            len(todo.in_flight_at_crash),
             concurrency,
             f"{credits} credits available, {todo.credits_needed} needed, reserve {self.credit_reserve}"
-            if credits is not None else "no credit needed",
+            if credits is not None
+            else "no credit needed",
         )
         report = batch.run(credits)
         self.summary = self._log_summary(report, plan)
@@ -192,8 +207,7 @@ class UpscaleOperator(BaseOperator):
 
     def _starting_credits(self) -> int:
         """The balance before the batch; a rejected key fails the task without retries."""
-        from airflow.sdk.exceptions import AirflowFailException
-
+        from airflow_provider_stablecog.compat import AirflowFailException
         from airflow_provider_stablecog.exceptions import StablecogAuthError
 
         try:
@@ -272,7 +286,8 @@ class UpscaleOperator(BaseOperator):
             "credits_remaining": credits,
             "credit_reserve": self.credit_reserve,
             "enough_credits": credits is not None and credits - todo.credits_needed >= self.credit_reserve,
-            "invalid_items": [b.message for b in plan.invalid[:MAX_ERRORS_SHOWN]] + [r.message for r in failed[:MAX_ERRORS_SHOWN]],
+            "invalid_items": [b.message for b in plan.invalid[:MAX_ERRORS_SHOWN]]
+            + [r.message for r in failed[:MAX_ERRORS_SHOWN]],
         }
         self.log.info("Dry run, nothing sent: %s", result)
         return result
@@ -318,12 +333,17 @@ class UpscaleOperator(BaseOperator):
             self.log.warning(
                 "%d request(s) may have been charged twice (sent again after an earlier try died with them in "
                 "flight, or after a lost answer): %s%s. Set resend_possibly_charged=False to never resend.",
-                report.possibly_double_charged, ", ".join(doubled[:MAX_ERRORS_SHOWN]),
-                f" and {len(doubled) - MAX_ERRORS_SHOWN} more (see the manifest)" if len(doubled) > MAX_ERRORS_SHOWN else "",
+                report.possibly_double_charged,
+                ", ".join(doubled[:MAX_ERRORS_SHOWN]),
+                f" and {len(doubled) - MAX_ERRORS_SHOWN} more (see the manifest)"
+                if len(doubled) > MAX_ERRORS_SHOWN
+                else "",
             )
         return summary
 
-    def _emit_asset_events(self, context: Context, report: BatchReport, destination: ObjectStoragePath | None) -> None:
+    def _emit_asset_events(
+        self, context: Context, report: BatchReport, destination: ObjectStoragePath | None
+    ) -> None:
         from airflow.sdk import Asset
 
         extra = {
@@ -337,26 +357,35 @@ class UpscaleOperator(BaseOperator):
                 context["outlet_events"][outlet].extra.update(extra)
 
     def _raise_if_incomplete(self, report: BatchReport, plan: InputPlan) -> None:
-        from airflow.sdk.exceptions import AirflowException, AirflowFailException
-
+        from airflow_provider_stablecog.compat import AirflowException, AirflowFailException
         from airflow_provider_stablecog.exceptions import StablecogAuthError
 
         failed = [r for r in report.results.values() if r.status == "failed"]
         messages = [b.message for b in plan.invalid] + [r.message or r.error or "" for r in failed]
-        failed_positions = sum(1 for p in plan.positions if not isinstance(p, str) or report.result_for(p).status == "failed")
+        failed_positions = sum(
+            1 for p in plan.positions if not isinstance(p, str) or report.result_for(p).status == "failed"
+        )
         failed_share = failed_positions / max(len(plan.positions), 1)
         not_started = [r for r in report.results.values() if r.status == "not_started"]
         if report.stopped:
-            raise AirflowException(f"Stopped with {len(not_started)} images not done; every answer is recorded, a retry resumes")
+            raise AirflowException(
+                f"Stopped with {len(not_started)} images not done; every answer is recorded, a retry resumes"
+            )
         if isinstance(report.fatal, StablecogAuthError):
-            raise AirflowFailException(f"{report.fatal}. Finished images are kept ({report.counts.get('upscaled', 0)} this try).")
+            raise AirflowFailException(
+                f"{report.fatal}. Finished images are kept ({report.counts.get('upscaled', 0)} this try)."
+            )
         if not_started and self.fail_on_not_started:
             raise AirflowException(
                 f"{len(not_started)} of {len(plan.unique)} images were not started: {not_started[0].message}"
             )
         if failed_share > self.max_failed_ratio:
             shown = "\n  ".join(messages[:MAX_ERRORS_SHOWN])
-            more = f"\n  ... and {len(messages) - MAX_ERRORS_SHOWN} more (see the manifest)" if len(messages) > MAX_ERRORS_SHOWN else ""
+            more = (
+                f"\n  ... and {len(messages) - MAX_ERRORS_SHOWN} more (see the manifest)"
+                if len(messages) > MAX_ERRORS_SHOWN
+                else ""
+            )
             head = f"{failed_positions} of {len(plan.positions)} inputs failed ({failed_share:.1%} > max_failed_ratio={self.max_failed_ratio:.1%})"
             if not not_started and all(r.key in report.permanent_failures for r in failed):
                 # only bad items are left: an Airflow retry would fail them again, for nothing
@@ -364,7 +393,9 @@ class UpscaleOperator(BaseOperator):
                     f"{head}; every failure is a bad item that a retry cannot fix (fix the items upstream, "
                     f"then clear the task: the rest is done and not paid again):\n  {shown}{more}"
                 )
-            raise AirflowException(f"{head}; the rest are done and a retry redoes only the failures:\n  {shown}{more}")
+            raise AirflowException(
+                f"{head}; the rest are done and a retry redoes only the failures:\n  {shown}{more}"
+            )
 
     def _xcom(self, plan: InputPlan, batch: Any) -> list[dict[str, Any]]:
         """One compact record per input, in input order (empty fields left out)."""
@@ -375,17 +406,6 @@ class UpscaleOperator(BaseOperator):
             else:
                 out.append({"input": entry.display, "status": "failed", "error": entry.code})
         return out
-
-
-def _task_state_store(context: Any, log: Any) -> Any:
-    """Airflow 3.3's task state store, or None (said once) on lines that lack it."""
-    store = context.get("task_state_store")
-    if store is None:
-        log.info(
-            "This Airflow has no task_state_store (3.3+): a retry resumes from the destination's ledger only; "
-            "without a destination, a retried task cannot know what an earlier try was answered"
-        )
-    return store
 
 
 def _batch_label(plan: InputPlan) -> str:

@@ -30,7 +30,9 @@ from datetime import timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import BaseSensorOperator, PokeReturnValue, conf
+from airflow.sdk import BaseSensorOperator, PokeReturnValue
+
+from airflow_provider_stablecog.compat import conf
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -145,8 +147,7 @@ class StablecogCreditsSensor(BaseSensorOperator):
 
         :raises AirflowFailException: a rendered value is unusable (retrying will not fix it).
         """
-        from airflow.sdk.exceptions import AirflowFailException
-
+        from airflow_provider_stablecog.compat import AirflowFailException
         from airflow_provider_stablecog.exceptions import StablecogConfigError
 
         try:
@@ -212,8 +213,7 @@ class StablecogCreditsSensor(BaseSensorOperator):
 
         :raises AirflowFailException: the API key was rejected (401/403) or the connection is wrong.
         """
-        from airflow.sdk.exceptions import AirflowFailException
-
+        from airflow_provider_stablecog.compat import AirflowFailException
         from airflow_provider_stablecog.exceptions import StablecogAuthError
         from airflow_provider_stablecog.hooks.stablecog import classify_credits_error
 
@@ -273,7 +273,11 @@ class StablecogCreditsSensor(BaseSensorOperator):
 
         :param event: the trigger's payload, ``{"status": "success"|"timeout"|"error", ...}``.
         """
-        from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSensorTimeout
+        from airflow_provider_stablecog.compat import (
+            AirflowException,
+            AirflowFailException,
+            AirflowSensorTimeout,
+        )
 
         if not isinstance(event, dict) or event.get("status") not in EVENT_STATUSES:
             raise AirflowException(

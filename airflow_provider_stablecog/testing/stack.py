@@ -180,6 +180,7 @@ class Postgres:
             ensure_folder_permissions(POSTGRES_BIN_PATH.parent / "share", 0o044)
             ensure_prefix_permissions(self.root)
             self.root.chmod(0o755)
+            assert entry is not None
             os.chown(self.root, entry.pw_uid, entry.pw_gid)
             run_as = {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C", "LANG": "C"}
@@ -189,7 +190,9 @@ class Postgres:
             capture_output=True, text=True, timeout=120, env=env, cwd=self.root, check=False, **run_as,
         )  # fmt: skip
         if done.returncode != 0:
-            raise StackError(f"initdb failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+            raise StackError(
+                f"initdb failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+            )
         self.port = free_port()
         command = [
             str(POSTGRES_BIN_PATH / "postgres"), "-D", str(self.data_dir),
@@ -208,18 +211,24 @@ class Postgres:
                 cwd=self.root, start_new_session=True, **run_as,
             )  # fmt: skip
         self.service = Service("postgres", process, log_path)
-        wait_until(self._accepts, timeout, 0.2, f"PostgreSQL on port {self.port}: {self.service.log_tail(2000)}")
+        wait_until(
+            self._accepts, timeout, 0.2, f"PostgreSQL on port {self.port}: {self.service.log_tail(2000)}"
+        )
         self._execute(f'CREATE DATABASE "{self.database}"', database="postgres")
         return self
 
     def _connect(self, database: str):
         import psycopg2
 
-        return psycopg2.connect(host=LOOPBACK, port=self.port, user="postgres", dbname=database, connect_timeout=5)
+        return psycopg2.connect(
+            host=LOOPBACK, port=self.port, user="postgres", dbname=database, connect_timeout=5
+        )
 
     def _accepts(self) -> bool:
         if self.service is not None and not self.service.alive():
-            raise StackError(f"PostgreSQL exited ({self.service.process.returncode}):\n{self.service.log_tail()}")
+            raise StackError(
+                f"PostgreSQL exited ({self.service.process.returncode}):\n{self.service.log_tail()}"
+            )
         try:
             self._connect("postgres").close()
         except Exception:
@@ -328,7 +337,11 @@ def start_s3_server(log_dir: Path, timeout: float = 60.0) -> S3Server:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "AIRFLOW"))}
     service = start_service(
-        "moto-s3", [sys.executable, "-m", "moto.server", "-H", LOOPBACK, "-p", str(port)], log_dir, env, log_dir
+        "moto-s3",
+        [sys.executable, "-m", "moto.server", "-H", LOOPBACK, "-p", str(port)],
+        log_dir,
+        env,
+        log_dir,
     )
     server = S3Server(service, f"http://{LOOPBACK}:{port}")
 
@@ -500,7 +513,10 @@ class AirflowStack:
             env = self.environ()
             airflow = airflow_command()
             for name, args in (
-                ("api-server", ["api-server", "--host", LOOPBACK, "--port", str(self.api_port), "--workers", "1"]),
+                (
+                    "api-server",
+                    ["api-server", "--host", LOOPBACK, "--port", str(self.api_port), "--workers", "1"],
+                ),
                 ("scheduler", ["scheduler", "--skip-serve-logs"]),
                 ("dag-processor", ["dag-processor"]),
                 ("triggerer", ["triggerer", "--skip-serve-logs"]),
@@ -522,7 +538,9 @@ class AirflowStack:
     def _ready(self) -> bool:
         for service in self.services.values():
             if not service.alive():
-                raise StackError(f"{service.name} exited ({service.process.returncode}):\n{service.log_tail()}")
+                raise StackError(
+                    f"{service.name} exited ({service.process.returncode}):\n{service.log_tail()}"
+                )
         try:
             health = self._request("GET", "/api/v2/monitor/health", auth=False, timeout=5)
         except (OSError, StackError):
@@ -617,7 +635,9 @@ class AirflowStack:
 
     def set_pool(self, name: str, slots: int, description: str = "") -> None:
         try:
-            self.api("PATCH", f"/api/v2/pools/{name}", {"name": name, "slots": slots, "description": description})
+            self.api(
+                "PATCH", f"/api/v2/pools/{name}", {"name": name, "slots": slots, "description": description}
+            )
         except StackError as exc:
             if "404" not in str(exc):
                 raise
@@ -645,7 +665,9 @@ class AirflowStack:
             return wait_until(parsed, timeout, 1.0, f"DAG {dag_id} to be parsed")
         except StackError as exc:
             errors = self.api("GET", "/api/v2/importErrors")
-            raise StackError(f"{exc}\nimport errors: {json.dumps(errors)[:4000]}\n{self.diagnostics()}") from None
+            raise StackError(
+                f"{exc}\nimport errors: {json.dumps(errors)[:4000]}\n{self.diagnostics()}"
+            ) from None
 
     def trigger(self, dag_id: str, conf: Mapping[str, Any] | None = None, run_id: str | None = None) -> str:
         """Trigger a run through the REST API (as the UI's Trigger button does); returns its run_id."""
@@ -734,11 +756,15 @@ class AirflowStack:
 
         def released() -> bool:
             text = log.read_text(errors="replace")
-            return any("Workload finished" in line and f"workload_id={ti_id}" in line for line in text.splitlines())
+            return any(
+                "Workload finished" in line and f"workload_id={ti_id}" in line for line in text.splitlines()
+            )
 
         wait_until(released, timeout, 0.5, f"the worker of {task_id} to exit")
 
-    def xcom(self, dag_id: str, run_id: str, task_id: str, key: str = "return_value", map_index: int = -1) -> Any:
+    def xcom(
+        self, dag_id: str, run_id: str, task_id: str, key: str = "return_value", map_index: int = -1
+    ) -> Any:
         path = (
             f"/api/v2/dags/{dag_id}/dagRuns/{urllib.parse.quote(run_id, safe='')}"
             f"/taskInstances/{task_id}/xcomEntries/{key}"
@@ -746,7 +772,9 @@ class AirflowStack:
         params = {"map_index": map_index, "deserialize": "true", "stringify": "false"}
         return self.api("GET", path, params=params)["value"]
 
-    def kill_task(self, dag_id: str, run_id: str, task_id: str, map_index: int = -1, timeout: float = 60.0) -> int:
+    def kill_task(
+        self, dag_id: str, run_id: str, task_id: str, map_index: int = -1, timeout: float = 60.0
+    ) -> int:
         """SIGKILL the process running a task instance; return its pid.
 
         The pid comes from the REST API's task instance (``pid``: the task runner process the
@@ -768,7 +796,9 @@ class AirflowStack:
 
     # -- logs -------------------------------------------------------------------------------------
 
-    def task_log(self, dag_id: str, run_id: str, task_id: str, try_number: int = 1, map_index: int = -1) -> str:
+    def task_log(
+        self, dag_id: str, run_id: str, task_id: str, try_number: int = 1, map_index: int = -1
+    ) -> str:
         """The task's log for one try as plain text (the REST API's log route, else the log files)."""
         path = (
             f"/api/v2/dags/{dag_id}/dagRuns/{urllib.parse.quote(run_id, safe='')}"
@@ -783,7 +813,9 @@ class AirflowStack:
         except StackError:
             return "\n".join(p.read_text(errors="replace") for p in self.log_files(dag_id, run_id, task_id))
 
-    def log_files(self, dag_id: str | None = None, run_id: str | None = None, task_id: str | None = None) -> list[Path]:
+    def log_files(
+        self, dag_id: str | None = None, run_id: str | None = None, task_id: str | None = None
+    ) -> list[Path]:
         found = []
         for path in sorted(self.logs_folder.rglob("*.log")):
             text = path.as_posix()
@@ -815,7 +847,9 @@ class AirflowStack:
                 for ti in tis:
                     if ti["state"] not in ("success", "skipped"):
                         for path in self.log_files(dag_id, run_id, ti["task_id"]):
-                            parts.append(f"===== {path.relative_to(self.logs_folder)} =====\n{_tail(path, limit)}")
+                            parts.append(
+                                f"===== {path.relative_to(self.logs_folder)} =====\n{_tail(path, limit)}"
+                            )
             except Exception as exc:
                 parts.append(f"(could not read task instances: {exc})")
         return "\n".join(parts)
@@ -851,9 +885,13 @@ def main(argv: list[str] | None = None) -> int:
     from airflow_provider_stablecog.emulator.testing import run_emulator
 
     parser = argparse.ArgumentParser(prog="./dev airflow", description=main.__doc__)
-    parser.add_argument("--port", type=int, default=8080, help="api-server / UI port on 127.0.0.1 (0 = free port)")
+    parser.add_argument(
+        "--port", type=int, default=8080, help="api-server / UI port on 127.0.0.1 (0 = free port)"
+    )
     parser.add_argument("--home", type=Path, default=None, help="AIRFLOW_HOME (default: a temporary folder)")
-    parser.add_argument("--dags", type=Path, default=None, help="dags folder (default: the repo's example_dags)")
+    parser.add_argument(
+        "--dags", type=Path, default=None, help="dags folder (default: the repo's example_dags)"
+    )
     parser.add_argument("--pool-slots", type=int, default=5, help="slots of the stablecog pool (plan + 1)")
     parser.add_argument("--credits", type=int, default=1000, help="the emulator account's credits")
     parser.add_argument("--no-s3", action="store_true", help="do not start the moto S3 server")
@@ -893,9 +931,14 @@ def main(argv: list[str] | None = None) -> int:
                 env.update(s3.env())
             from airflow_provider_stablecog.emulator.imaging import write_sample_images
 
-            write_sample_images(Path(home) / "incoming", sizes=["64x48.png", "48x64.jpg", "80x60.webp"], seed=1)
+            write_sample_images(
+                Path(home) / "incoming", sizes=["64x48.png", "48x64.jpg", "80x60.webp"], seed=1
+            )
             stack = AirflowStack(home, dags, env=env, api_port=port)
-            print(f">> starting PostgreSQL, api-server, scheduler, dag-processor, triggerer in {home}", flush=True)
+            print(
+                f">> starting PostgreSQL, api-server, scheduler, dag-processor, triggerer in {home}",
+                flush=True,
+            )
             stack.start(timeout=600, log=lambda msg: print(f">> {msg}", flush=True))
             try:
                 stack.set_pool("stablecog", args.pool_slots, "Stablecog plan")
@@ -904,7 +947,11 @@ def main(argv: list[str] | None = None) -> int:
                     f"  Airflow UI      {stack.api_url}   (login: {stack.username} / {stack.password})\n"
                     f"  Stablecog       emulator at {emulator.base_url} ({args.credits} credits), "
                     f"connection stablecog_default, pool stablecog ({args.pool_slots} slots)\n"
-                    + (f"  S3 API          {s3.endpoint_url} (bucket 'stablecog', connection aws_default)\n" if s3 else "")
+                    + (
+                        f"  S3 API          {s3.endpoint_url} (bucket 'stablecog', connection aws_default)\n"
+                        if s3
+                        else ""
+                    )
                     + f"  DAGs            {dags}\n"
                     f"  sample images   {home / 'incoming'} (the scheduled-batch example's source)\n"
                     f"  logs            {stack.log_dir} (services), {stack.logs_folder} (tasks)\n"

@@ -10,7 +10,9 @@ PAD = 16
 LABEL = 22
 
 
-def make_contact_sheet(pairs: Sequence[tuple[str, str]], target: str | os.PathLike[str], *, title: str = "") -> str:
+def make_contact_sheet(
+    pairs: Sequence[tuple[str, str]], target: str | os.PathLike[str], *, title: str = ""
+) -> str:
     """Write a PNG with one row per ``(input path, output path)``; both shown at the same height.
 
     The input is drawn with nearest-neighbour scaling (its real pixels), the output with a
@@ -23,7 +25,15 @@ def make_contact_sheet(pairs: Sequence[tuple[str, str]], target: str | os.PathLi
     rows = []
     for src, out in pairs:
         with Image.open(src) as a, Image.open(out) as b:
-            rows.append((_fit(a.convert("RGB"), Image.Resampling.NEAREST), _fit(b.convert("RGB"), Image.Resampling.LANCZOS), a.size, b.size, os.path.basename(src)))
+            rows.append(
+                (
+                    _fit(a.convert("RGB"), Image.Resampling.NEAREST),
+                    _fit(b.convert("RGB"), Image.Resampling.LANCZOS),
+                    a.size,
+                    b.size,
+                    os.path.basename(src),
+                )
+            )
     col = max(max(r[0].width, r[1].width) for r in rows)
     head = 2 * PAD + LABEL if title else PAD
     width = 2 * col + 3 * PAD

@@ -51,11 +51,13 @@ def inspect_image(fh: IO[bytes], size_bytes: int) -> ImageInfo:
             img.verify()
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise ImageCheckError(
-            "not_an_image", f"not a readable image ({type(exc).__name__}); check that the file is a complete JPEG, PNG or WebP"
+            "not_an_image",
+            f"not a readable image ({type(exc).__name__}); check that the file is a complete JPEG, PNG or WebP",
         ) from None
     if fmt not in ACCEPTED_FORMATS:
         raise ImageCheckError(
-            "unsupported_format", f"a {fmt or 'unknown'} image; Stablecog takes JPEG, PNG or WebP — convert it first"
+            "unsupported_format",
+            f"a {fmt or 'unknown'} image; Stablecog takes JPEG, PNG or WebP — convert it first",
         )
     if frames > 1:
         raise ImageCheckError("animated_image", f"an animated {fmt} ({frames} frames); export a single frame")
@@ -87,7 +89,7 @@ def fit_within_limits(fh: IO[bytes]) -> tuple[bytes, ImageInfo]:
         scale = min(1.0, math.sqrt(MAX_INPUT_PIXELS / (width * height)))
         size = (max(1, math.floor(width * scale)), max(1, math.floor(height * scale)))
         if size != img.size:
-            img = img.resize(size, Image.Resampling.LANCZOS)
+            img = img.resize(size, Image.Resampling.LANCZOS)  # type: ignore[assignment]
         keep_png = img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info)
         for quality in (95, 90, 80, 70, 60):
             out = io.BytesIO()
@@ -113,5 +115,7 @@ def image_size(fh: IO[bytes]) -> tuple[int, int]:
             size = img.size
             img.verify()
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise ImageCheckError("invalid_output_image", f"the downloaded result is not a valid image ({type(exc).__name__})") from None
+        raise ImageCheckError(
+            "invalid_output_image", f"the downloaded result is not a valid image ({type(exc).__name__})"
+        ) from None
     return size

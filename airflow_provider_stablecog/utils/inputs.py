@@ -146,11 +146,26 @@ def parse_input(raw: Any, position: int = 0) -> InputItem | InvalidInput:
     if not isinstance(raw, str):
         shown = _short(repr(raw))
         if isinstance(raw, (list, tuple, set)):
-            return _bad(position, shown, "nested_list", "a nested list; flatten the upstream result into one list of images")
-        return _bad(position, shown, "not_a_string", f"a {type(raw).__name__}, not a string or path; pass the image URL, output ID or path as a string")
+            return _bad(
+                position,
+                shown,
+                "nested_list",
+                "a nested list; flatten the upstream result into one list of images",
+            )
+        return _bad(
+            position,
+            shown,
+            "not_a_string",
+            f"a {type(raw).__name__}, not a string or path; pass the image URL, output ID or path as a string",
+        )
     text = raw.strip()
     if not text:
-        return _bad(position, repr(raw), "empty", "an empty string; remove it or fix the upstream task that produced it")
+        return _bad(
+            position,
+            repr(raw),
+            "empty",
+            "an empty string; remove it or fix the upstream task that produced it",
+        )
     return _parse_text(text, position)
 
 
@@ -217,7 +232,21 @@ def _parse_path(text: str, position: int) -> InputItem | InvalidInput:
 
 def _known_protocol(scheme: str) -> bool:
     """A protocol fsspec knows (imported only for unusual schemes)."""
-    if scheme in ("s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "memory", "hdfs", "webhdfs", "sftp", "oss"):
+    if scheme in (
+        "s3",
+        "s3a",
+        "gs",
+        "gcs",
+        "az",
+        "abfs",
+        "abfss",
+        "adl",
+        "memory",
+        "hdfs",
+        "webhdfs",
+        "sftp",
+        "oss",
+    ):
         return True
     try:
         from fsspec.registry import known_implementations
@@ -241,7 +270,9 @@ def _is_object_storage_path(value: Any) -> bool:
 
 
 def _bad(position: int, shown: str, code: str, what: str) -> InvalidInput:
-    return InvalidInput(position=position, display=shown, code=code, message=f"item {position} ({shown}): {what}")
+    return InvalidInput(
+        position=position, display=shown, code=code, message=f"item {position} ({shown}): {what}"
+    )
 
 
 def _short(text: str, limit: int = 120) -> str:

@@ -23,8 +23,14 @@ from airflow_provider_stablecog.ledger import MANIFEST_FIELDS, MANIFEST_NAME
 if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
 
-__all__ = ["MANIFEST_FIELDS", "MANIFEST_NAME", "AtomicWrite", "read_manifest", "resolve_destination", "write_manifest"]
-
+__all__ = [
+    "MANIFEST_FIELDS",
+    "MANIFEST_NAME",
+    "AtomicWrite",
+    "read_manifest",
+    "resolve_destination",
+    "write_manifest",
+]
 
 
 def resolve_destination(destination: str | os.PathLike[str] | ObjectStoragePath) -> ObjectStoragePath:
@@ -139,10 +145,14 @@ def read_manifest(destination: ObjectStoragePath | str) -> dict[str, dict[str, A
     return records
 
 
-def write_manifest(destination: ObjectStoragePath | str, records: Iterable[dict[str, Any]]) -> ObjectStoragePath:
+def write_manifest(
+    destination: ObjectStoragePath | str, records: Iterable[dict[str, Any]]
+) -> ObjectStoragePath:
     """Replace the manifest atomically with ``records`` (one JSON object per line)."""
     target = resolve_destination(destination) / MANIFEST_NAME
-    body = "".join(json.dumps({f: r.get(f) for f in MANIFEST_FIELDS}, sort_keys=False) + "\n" for r in records)
+    body = "".join(
+        json.dumps({f: r.get(f) for f in MANIFEST_FIELDS}, sort_keys=False) + "\n" for r in records
+    )
     write_bytes_atomic(target, body.encode("utf-8"))
     return target
 
@@ -167,5 +177,5 @@ def ensure_directory(path: ObjectStoragePath, on_error: Callable[[Exception], Ex
         probe = path / f".stablecog-write-test-{uuid.uuid4().hex[:8]}"
         probe.write_bytes(b"")
         probe.unlink()
-    except Exception as exc:  # noqa: BLE001 -- any failure here means: cannot write there
+    except Exception as exc:
         raise on_error(exc) from None

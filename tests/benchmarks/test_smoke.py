@@ -45,7 +45,7 @@ def test_quick_run_produces_all_six_figures(tmp_path):
     rows = _summary_rows(text)
     assert sorted(rows) == [1, 2, 3, 4, 5, 6], rows
     for number, cells in rows.items():
-        _, title, result, goal, status = cells
+        _, _title, result, _goal, status = cells
         assert status in ("met", "MISSED", "n/a"), (number, cells)
         assert re.search(r"\d+(\.\d+)?", result), (number, result)
     # the same table is printed on stdout

@@ -13,7 +13,7 @@ from airflow_provider_stablecog.emulator.testing import run_emulator
 pytestmark = pytest.mark.e2e
 
 DAG = textwrap.dedent(
-    '''
+    """
     from __future__ import annotations
 
     import datetime
@@ -30,7 +30,7 @@ DAG = textwrap.dedent(
         )
         upscale = UpscaleOperator(task_id="upscale", inputs=images, destination={destination!r})
         wait >> upscale
-    '''
+    """
 )
 
 
@@ -47,7 +47,9 @@ def test_deferred_sensor_succeeds_within_one_poke_after_top_up_then_upscale_runs
 
         def top_up():
             deadline = time.monotonic() + 240
-            while time.monotonic() < deadline and _credit_checks(emulator) < 3:  # the poke, then 2 trigger polls
+            while (
+                time.monotonic() < deadline and _credit_checks(emulator) < 3
+            ):  # the poke, then 2 trigger polls
                 time.sleep(0.1)
             checks_at_top_up.append(_credit_checks(emulator))
             emulator.add_credits(10)

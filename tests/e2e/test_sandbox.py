@@ -16,7 +16,7 @@ pytestmark = pytest.mark.e2e
 RUN_TIMEOUT = 300.0
 
 SMOKE_DAG = textwrap.dedent(
-    '''
+    """
     from __future__ import annotations
 
     import datetime
@@ -47,11 +47,11 @@ SMOKE_DAG = textwrap.dedent(
             target_time="{{ macros.datetime.utcnow() + macros.timedelta(seconds=2) }}",
         )
         flaky(produce()) >> wait >> double.expand(x=[1, 2, 3])
-    '''
+    """
 )
 
 FAILING_DAG = textwrap.dedent(
-    '''
+    """
     from __future__ import annotations
 
     import datetime
@@ -69,7 +69,7 @@ FAILING_DAG = textwrap.dedent(
             return 1
 
         boom() >> after()
-    '''
+    """
 )
 
 
@@ -163,7 +163,7 @@ def _run_emulator():
 
 
 CREDITS_DAG = textwrap.dedent(
-    '''
+    """
     from __future__ import annotations
 
     import datetime
@@ -181,7 +181,7 @@ CREDITS_DAG = textwrap.dedent(
             deferrable=True,
             retries=2,
         )
-    '''
+    """
 )
 
 

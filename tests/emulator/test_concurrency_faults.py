@@ -172,12 +172,12 @@ def test_fault_sequence_is_reproducible_regardless_of_order(make_app):
 
         async def scenario(http: httpx.AsyncClient) -> dict[str, list[int]]:
             seen: dict[str, list[int]] = {i: [] for i in inputs}
-            for round_ in range(3):
+            for _round in range(3):
                 if concurrent:
                     responses = await asyncio.gather(*(post(http, i) for i in order))
                 else:
                     responses = [await post(http, i) for i in order]
-                for input_, response in zip(order, responses):
+                for input_, response in zip(order, responses, strict=True):
                     seen[input_].append(response.status_code)
             return seen
 

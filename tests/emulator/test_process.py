@@ -172,9 +172,15 @@ def test_reset_after_charge_resets_before_any_byte(stablecog_emulator: RunningEm
 
 
 def test_new_options_reach_the_process():
-    with run_emulator(latency_jitter=0.25, read_rate_limit=7, upload_rate_limit=1.5, rate_limit=3) as emulator:
+    with run_emulator(
+        latency_jitter=0.25, read_rate_limit=7, upload_rate_limit=1.5, rate_limit=3
+    ) as emulator:
         config = emulator._call("GET", "/_emulator/config")
-        assert (config["latency_jitter"], config["read_rate_limit"], config["upload_rate_limit"]) == (0.25, 7.0, 1.5)
+        assert (config["latency_jitter"], config["read_rate_limit"], config["upload_rate_limit"]) == (
+            0.25,
+            7.0,
+            1.5,
+        )
         assert emulator.configure(latency_jitter=0)["latency_jitter"] == 0
 
 
@@ -187,7 +193,9 @@ def test_jittered_answers_report_the_balance_of_their_own_charge(stablecog_emula
     arrivals: list[int] = []
 
     def one(n: int) -> None:
-        arrivals.append(upscale(emulator, emulator.sample_url("32x32.png", seed=n)).json()["remaining_credits"])
+        arrivals.append(
+            upscale(emulator, emulator.sample_url("32x32.png", seed=n)).json()["remaining_credits"]
+        )
 
     with concurrent.futures.ThreadPoolExecutor(5) as pool:
         list(pool.map(one, range(10)))

@@ -11,8 +11,8 @@ from PIL import Image
 from airflow_provider_stablecog import exceptions as exc
 from airflow_provider_stablecog.client import RetryPolicy, StablecogClient
 from airflow_provider_stablecog.emulator.testing import run_emulator
-from tests.conftest import fresh_emulator
 from airflow_provider_stablecog.hooks.stablecog import StablecogHook
+from tests.conftest import fresh_emulator
 
 FAST_RETRY = RetryPolicy(max_attempts=3, initial_backoff=0.01, max_backoff=0.05, jitter=0.01)
 
@@ -30,7 +30,9 @@ def emu(emulator, monkeypatch):
 
 
 def _client(emu, key=None, **kw) -> StablecogClient:
-    return StablecogClient(key or emu.api_key, emu.base_url, rate_limit=None, retry=kw.pop("retry", FAST_RETRY), **kw)
+    return StablecogClient(
+        key or emu.api_key, emu.base_url, rate_limit=None, retry=kw.pop("retry", FAST_RETRY), **kw
+    )
 
 
 def _download_size(client, url) -> tuple[int, int]:
@@ -93,11 +95,27 @@ def test_upload_then_upscale_by_key(emu, tmp_path):
     [
         (lambda e: "not a url", exc.StablecogInputError, "invalid_image_url"),
         (lambda e: "00000000-0000-4000-8000-000000000000", exc.StablecogInputError, "output_not_found"),
-        (lambda e: e.sample_url("bad/not-an-image.png"), exc.StablecogInputError, "image_url_width_height_error"),
-        (lambda e: e.sample_url("bad/wrong-type.png"), exc.StablecogInputError, "image_url_width_height_error"),
-        (lambda e: e.sample_url("bad/no-length.png"), exc.StablecogInputError, "image_url_width_height_error"),
+        (
+            lambda e: e.sample_url("bad/not-an-image.png"),
+            exc.StablecogInputError,
+            "image_url_width_height_error",
+        ),
+        (
+            lambda e: e.sample_url("bad/wrong-type.png"),
+            exc.StablecogInputError,
+            "image_url_width_height_error",
+        ),
+        (
+            lambda e: e.sample_url("bad/no-length.png"),
+            exc.StablecogInputError,
+            "image_url_width_height_error",
+        ),
         (lambda e: e.sample_url("bad/too-big.png"), exc.StablecogInputError, "image_url_width_height_error"),
-        (lambda e: "s3://0123456789abcdef/00000000-0000-4000-8000-000000000000.png", exc.StablecogInputError, "init_image_not_found"),
+        (
+            lambda e: "s3://0123456789abcdef/00000000-0000-4000-8000-000000000000.png",
+            exc.StablecogInputError,
+            "init_image_not_found",
+        ),
     ],
 )
 def test_per_input_errors(emu, make_input, cls, code):
@@ -162,7 +180,9 @@ def test_429_plain_text_with_retry_after_is_retried(emu):
 def test_faults_are_classified_and_recovered(emu):
     emu.configure(faults={"timeout": 0.5}, fault_seed=1)
     # 12 items at 0.5: P(no fault) ~ 0.02 %; 20 attempts: P(an item never succeeds) negligible
-    with _client(emu, retry=RetryPolicy(max_attempts=20, initial_backoff=0.01, max_backoff=0.02, jitter=0)) as client:
+    with _client(
+        emu, retry=RetryPolicy(max_attempts=20, initial_backoff=0.01, max_backoff=0.02, jitter=0)
+    ) as client:
         for i in range(12):
             client.upscale(emu.sample_url(f"{20 + i}x20.png"))
     ledger = emu.ledger()

@@ -28,7 +28,12 @@ def export_value(lines: list[str]) -> str:
 
 def test_printed_env_line_is_read_by_the_hook(monkeypatch):
     value = export_value(connection_lines(URL, KEY, 4))
-    assert json.loads(value) == {"conn_type": "stablecog", "host": URL, "password": KEY, "extra": {"plan_concurrency": 4}}
+    assert json.loads(value) == {
+        "conn_type": "stablecog",
+        "host": URL,
+        "password": KEY,
+        "extra": {"plan_concurrency": 4},
+    }
     monkeypatch.setenv("AIRFLOW_CONN_STABLECOG_DEFAULT", value)
     settings = StablecogHook().settings
     assert (settings.base_url, settings.api_key, settings.plan_concurrency) == (URL, KEY, 4)

@@ -32,7 +32,14 @@ def test_hook_identity():
 def test_settings_from_json_connection(stablecog_conn):
     stablecog_conn(
         host="http://127.0.0.1:8765",
-        extra={"timeout": 400, "connect_timeout": 3, "plan_concurrency": 4, "rate_limit": 6, "max_retries": 2, "retry_backoff": 0.5},
+        extra={
+            "timeout": 400,
+            "connect_timeout": 3,
+            "plan_concurrency": 4,
+            "rate_limit": 6,
+            "max_retries": 2,
+            "retry_backoff": 0.5,
+        },
     )
     settings = StablecogHook().settings
     assert settings.base_url == "http://127.0.0.1:8765"
@@ -53,14 +60,38 @@ def test_settings_from_json_connection(stablecog_conn):
     ("uri", "base_url"),
     [
         # the documented form: the whole base URL in host (URL-encoded in a URI)
-        pytest.param(f"stablecog://:{API_KEY}@http%3A%2F%2F127.0.0.1%3A8765?plan_concurrency=4", "http://127.0.0.1:8765", id="encoded-url"),
-        pytest.param(f"stablecog://:{API_KEY}@http%3A%2F%2Flocalhost%3A9000", "http://localhost:9000", id="encoded-localhost"),
-        pytest.param(f"stablecog://:{API_KEY}@https%3A%2F%2Fapi.stablecog.com", "https://api.stablecog.com", id="encoded-https"),
-        pytest.param(f"stablecog://:{API_KEY}@?plan_concurrency=2", "https://api.stablecog.com", id="no-host"),
+        pytest.param(
+            f"stablecog://:{API_KEY}@http%3A%2F%2F127.0.0.1%3A8765?plan_concurrency=4",
+            "http://127.0.0.1:8765",
+            id="encoded-url",
+        ),
+        pytest.param(
+            f"stablecog://:{API_KEY}@http%3A%2F%2Flocalhost%3A9000",
+            "http://localhost:9000",
+            id="encoded-localhost",
+        ),
+        pytest.param(
+            f"stablecog://:{API_KEY}@https%3A%2F%2Fapi.stablecog.com",
+            "https://api.stablecog.com",
+            id="encoded-https",
+        ),
+        pytest.param(
+            f"stablecog://:{API_KEY}@?plan_concurrency=2", "https://api.stablecog.com", id="no-host"
+        ),
         # older forms, still read
-        pytest.param(f"stablecog://:{API_KEY}@127.0.0.1:8765/?scheme=http&plan_concurrency=3", "http://127.0.0.1:8765", id="old-scheme-extra"),
-        pytest.param(f"stablecog://http://:{API_KEY}@127.0.0.1:8765", "http://127.0.0.1:8765", id="old-protocol-and-port"),
-        pytest.param(f"stablecog://:{API_KEY}@api.stablecog.com", "https://api.stablecog.com", id="old-bare-host"),
+        pytest.param(
+            f"stablecog://:{API_KEY}@127.0.0.1:8765/?scheme=http&plan_concurrency=3",
+            "http://127.0.0.1:8765",
+            id="old-scheme-extra",
+        ),
+        pytest.param(
+            f"stablecog://http://:{API_KEY}@127.0.0.1:8765",
+            "http://127.0.0.1:8765",
+            id="old-protocol-and-port",
+        ),
+        pytest.param(
+            f"stablecog://:{API_KEY}@api.stablecog.com", "https://api.stablecog.com", id="old-bare-host"
+        ),
     ],
 )
 def test_settings_from_uri_connection(monkeypatch, uri, base_url):
@@ -93,10 +124,20 @@ def test_the_ui_test_round_trip_keeps_the_base_url(monkeypatch):
     """The UI's Test exports the form as ``conn.get_uri()`` under a random id; the hook reads it back."""
     from airflow.models.connection import Connection
 
-    form = Connection(conn_id="x", conn_type="stablecog", host="http://127.0.0.1:8765", password=API_KEY, extra='{"plan_concurrency": 4}')
+    form = Connection(
+        conn_id="x",
+        conn_type="stablecog",
+        host="http://127.0.0.1:8765",
+        password=API_KEY,
+        extra='{"plan_concurrency": 4}',
+    )
     monkeypatch.setenv("AIRFLOW_CONN_TMPABC123", form.get_uri())
     settings = StablecogHook("tmpabc123").settings
-    assert (settings.base_url, settings.plan_concurrency, settings.api_key) == ("http://127.0.0.1:8765", 4, API_KEY)
+    assert (settings.base_url, settings.plan_concurrency, settings.api_key) == (
+        "http://127.0.0.1:8765",
+        4,
+        API_KEY,
+    )
 
 
 @pytest.mark.parametrize("empty", [None, "", "  "])
@@ -112,9 +153,15 @@ def test_empty_extras_mean_the_defaults(stablecog_conn, empty):
     stablecog_conn(extra=dict.fromkeys(names, empty))
 
     settings = StablecogHook().settings
-    assert (settings.read_timeout, settings.connect_timeout) == (DEFAULT_READ_TIMEOUT, DEFAULT_CONNECT_TIMEOUT)
+    assert (settings.read_timeout, settings.connect_timeout) == (
+        DEFAULT_READ_TIMEOUT,
+        DEFAULT_CONNECT_TIMEOUT,
+    )
     assert (settings.plan_concurrency, settings.rate_limit, settings.max_retries, settings.retry_backoff) == (
-        1, DEFAULT_RATE_LIMIT, 5, 1
+        1,
+        DEFAULT_RATE_LIMIT,
+        5,
+        1,
     )
 
 
@@ -137,14 +184,18 @@ def test_pool_size_can_be_set_until_the_client_is_used(stablecog_conn):
         StablecogHook().pool_size = 0
 
 
-@pytest.mark.parametrize("kwargs", [{"pool_size": 0}, {"pool_size": 2.5}, {"pool_size": True}, {"max_retries": -1}])
+@pytest.mark.parametrize(
+    "kwargs", [{"pool_size": 0}, {"pool_size": 2.5}, {"pool_size": True}, {"max_retries": -1}]
+)
 def test_bad_constructor_arguments(kwargs):
     with pytest.raises(ValueError, match=next(iter(kwargs))):
         StablecogHook(**kwargs)
 
 
 def test_defaults_when_only_the_key_is_set(monkeypatch):
-    monkeypatch.setenv("AIRFLOW_CONN_STABLECOG_DEFAULT", json.dumps({"conn_type": "stablecog", "password": API_KEY}))
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_STABLECOG_DEFAULT", json.dumps({"conn_type": "stablecog", "password": API_KEY})
+    )
     settings = StablecogHook().settings
     assert settings.base_url == "https://api.stablecog.com"
     assert settings.read_timeout > 240
@@ -209,10 +260,18 @@ def test_test_connection_bad_key(stablecog_conn, requests_mock):
 @pytest.mark.parametrize(
     ("fields", "expected"),
     [
-        pytest.param({"password": ""}, "The connection has no API key: enter your sc-... key in the 'API key' field", id="no-key"),
-        pytest.param({"extra": {"timeout": "soon"}}, "The connection: extra 'timeout' must be a number", id="bad-extra"),
+        pytest.param(
+            {"password": ""},
+            "The connection has no API key: enter your sc-... key in the 'API key' field",
+            id="no-key",
+        ),
+        pytest.param(
+            {"extra": {"timeout": "soon"}}, "The connection: extra 'timeout' must be a number", id="bad-extra"
+        ),
         pytest.param({"host": "ftp://x"}, "The connection: the Base URL (host) must be", id="bad-url"),
-        pytest.param({"host": "http://example.org"}, "The connection: plain http:// is only allowed", id="plain-http"),
+        pytest.param(
+            {"host": "http://example.org"}, "The connection: plain http:// is only allowed", id="plain-http"
+        ),
     ],
 )
 def test_test_connection_does_not_quote_the_transient_id(stablecog_conn, fields, expected):
@@ -229,7 +288,9 @@ def test_delegates(stablecog_conn, requests_mock):
         f"{BASE_URL}/v1/image/upscale/create",
         json={"outputs": [{"id": "o", "url": "u", "upscaled_image_url": "v"}], "remaining_credits": 5},
     )
-    requests_mock.get(f"{BASE_URL}/v1/image/upscale/models", json={"models": [{"id": "m", "name": "n", "is_default": True}]})
+    requests_mock.get(
+        f"{BASE_URL}/v1/image/upscale/models", json={"models": [{"id": "m", "name": "n", "is_default": True}]}
+    )
     requests_mock.get(f"{BASE_URL}/v1/image/upscale/defaults", json={"model_id": "m"})
     requests_mock.post(f"{BASE_URL}/v1/image/upload", json={"object": "s3://a/b.png"})
     requests_mock.get(f"{BASE_URL}/v1/health", json={"status": "ok"})
@@ -245,7 +306,9 @@ def test_delegates(stablecog_conn, requests_mock):
 
 
 def test_errors_surface_through_the_hook(stablecog_conn, requests_mock):
-    requests_mock.post(f"{BASE_URL}/v1/image/upscale/create", status_code=400, json={"error": "insufficient_credits"})
+    requests_mock.post(
+        f"{BASE_URL}/v1/image/upscale/create", status_code=400, json={"error": "insufficient_credits"}
+    )
     with pytest.raises(InsufficientCreditsError, match="no credits left"):
         StablecogHook().upscale("https://x/a.png")
 
@@ -254,7 +317,9 @@ def test_key_is_masked_and_never_logged(stablecog_conn, requests_mock, caplog, c
     from airflow.sdk._shared.secrets_masker import redact
 
     caplog.set_level(logging.DEBUG)
-    requests_mock.post(f"{BASE_URL}/v1/image/upscale/create", status_code=400, json={"error": "invalid_image_url"})
+    requests_mock.post(
+        f"{BASE_URL}/v1/image/upscale/create", status_code=400, json={"error": "invalid_image_url"}
+    )
     hook = StablecogHook()
     with pytest.raises(StablecogInputError) as info:
         hook.upscale("https://x/a.png")

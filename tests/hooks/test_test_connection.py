@@ -138,14 +138,30 @@ def test_whole_check_is_bounded_even_when_the_lookup_hangs(stablecog_conn, monke
 @pytest.mark.parametrize(
     ("status", "body", "content_type", "expected"),
     [
-        pytest.param(401, b'{"error":"Unauthorized"}', "application/json", "rejected the API key (401 Unauthorized)", id="401"),
-        pytest.param(403, b'{"error":"user_banned"}', "application/json", "refused this account (403 user_banned)", id="403"),
-        pytest.param(200, b"<html>hello</html>", "text/html", "answered HTTP 200 but not with JSON", id="html-200"),
+        pytest.param(
+            401,
+            b'{"error":"Unauthorized"}',
+            "application/json",
+            "rejected the API key (401 Unauthorized)",
+            id="401",
+        ),
+        pytest.param(
+            403,
+            b'{"error":"user_banned"}',
+            "application/json",
+            "refused this account (403 user_banned)",
+            id="403",
+        ),
+        pytest.param(
+            200, b"<html>hello</html>", "text/html", "answered HTTP 200 but not with JSON", id="html-200"
+        ),
         pytest.param(404, b"not found", "text/plain", "has no /v1/credits (HTTP 404)", id="404"),
         pytest.param(503, b"<html>down</html>", "text/html", "bad_gateway (HTTP 503)", id="503"),
     ],
 )
-def test_answers_are_explained_without_retries(stablecog_conn, answering, status, body, content_type, expected):
+def test_answers_are_explained_without_retries(
+    stablecog_conn, answering, status, body, content_type, expected
+):
     server = answering(status, body, content_type)
     ok, message, elapsed = run_test(stablecog_conn, f"http://127.0.0.1:{server.port}")
     assert ok is False

@@ -17,7 +17,10 @@ class MemoryStateStore(dict):
 def make_context(store=None) -> dict:
     from airflow.sdk.execution_time.context import OutletEventAccessors
 
-    return {"task_state_store": store if store is not None else MemoryStateStore(), "outlet_events": OutletEventAccessors()}
+    return {
+        "task_state_store": store if store is not None else MemoryStateStore(),
+        "outlet_events": OutletEventAccessors(),
+    }
 
 
 @pytest.fixture(scope="module")

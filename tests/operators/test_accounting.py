@@ -10,8 +10,8 @@ from __future__ import annotations
 import os
 
 import pytest
-from airflow.sdk.exceptions import AirflowException
 
+from airflow_provider_stablecog.compat import AirflowException
 from airflow_provider_stablecog.operators.upscale import UpscaleOperator
 from tests.operators.conftest import MemoryStateStore, make_context
 
@@ -26,7 +26,9 @@ def test_the_reserve_is_a_floor_in_every_answer_order(emu, jitter, seed):
     emu.set_balance(30)
     emu.configure(latency=0.05, latency_jitter=jitter, fault_seed=seed)
     inputs = [emu.sample_url(f"{20 + i}x{30 + seed}.png") for i in range(40)]
-    op = UpscaleOperator(task_id="u", inputs=inputs, credit_reserve=20, max_concurrency=5, progress_interval=0)
+    op = UpscaleOperator(
+        task_id="u", inputs=inputs, credit_reserve=20, max_concurrency=5, progress_interval=0
+    )
     with pytest.raises(AirflowException, match="credit_reserve"):
         _run(op)
     ledger = emu.ledger()
@@ -51,7 +53,9 @@ def test_free_output_ids_are_delivered_at_balance_zero(emu):
 def test_the_dry_run_and_the_operator_agree_on_free_items(emu):
     free = emu.output_ids(upscaled=True)[:2]
     emu.set_balance(0)
-    plan = UpscaleOperator(task_id="u", inputs=free, dry_run=True, progress_interval=0).execute(make_context())
+    plan = UpscaleOperator(task_id="u", inputs=free, dry_run=True, progress_interval=0).execute(
+        make_context()
+    )
     assert plan["credits_needed"] == 0 and plan["enough_credits"] is True
     records = _run(UpscaleOperator(task_id="u", inputs=free, progress_interval=0))
     assert {r["status"] for r in records} == {"upscaled"}
@@ -59,7 +63,9 @@ def test_the_dry_run_and_the_operator_agree_on_free_items(emu):
 
 def test_a_429_storm_slows_the_batch_and_fails_nothing(emu, monkeypatch):
     emu.configure(rate_limit=2, latency=0.05)
-    monkeypatch.setenv("AIRFLOW_CONN_STABLECOG_DEFAULT", emu.connection_json(plan_concurrency=4))  # default client rate
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_STABLECOG_DEFAULT", emu.connection_json(plan_concurrency=4)
+    )  # default client rate
     inputs = [emu.sample_url(f"{20 + i}x27.png") for i in range(40)]
     records = _run(UpscaleOperator(task_id="u", inputs=inputs, progress_interval=0))
     assert [r["status"] for r in records] == ["upscaled"] * 40
@@ -69,9 +75,13 @@ def test_a_429_storm_slows_the_batch_and_fails_nothing(emu, monkeypatch):
 
 def test_every_lost_answer_is_reported_as_possibly_double_charged(emu, tmp_path):
     emu.configure(faults={"reset_after_charge": 0.2}, fault_seed=5, latency=0.05)
-    os.environ["AIRFLOW_CONN_STABLECOG_DEFAULT"] = emu.connection_json(plan_concurrency=4, rate_limit=0, retry_backoff=0.05)
+    os.environ["AIRFLOW_CONN_STABLECOG_DEFAULT"] = emu.connection_json(
+        plan_concurrency=4, rate_limit=0, retry_backoff=0.05
+    )
     inputs = [emu.sample_url(f"{20 + i}x28.png") for i in range(40)]
-    op = UpscaleOperator(task_id="u", inputs=inputs, destination=str(tmp_path), progress_interval=0, max_failed_ratio=1.0)
+    op = UpscaleOperator(
+        task_id="u", inputs=inputs, destination=str(tmp_path), progress_interval=0, max_failed_ratio=1.0
+    )
     records = _run(op)
     ledger = emu.ledger()
     assert ledger["responses_lost"] > 0
@@ -91,7 +101,11 @@ def test_not_resending_leaves_lost_answers_to_the_user(emu, tmp_path):
     os.environ["AIRFLOW_CONN_STABLECOG_DEFAULT"] = emu.connection_json(plan_concurrency=4, rate_limit=0)
     inputs = [emu.sample_url(f"{20 + i}x29.png") for i in range(20)]
     op = UpscaleOperator(
-        task_id="u", inputs=inputs, destination=str(tmp_path), progress_interval=0, max_failed_ratio=1.0,
+        task_id="u",
+        inputs=inputs,
+        destination=str(tmp_path),
+        progress_interval=0,
+        max_failed_ratio=1.0,
         resend_possibly_charged=False,
     )
     records = _run(op)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from airflow.sdk.exceptions import AirflowException
 
+from airflow_provider_stablecog.compat import AirflowException
 from airflow_provider_stablecog.hooks.stablecog import StablecogHook
 from airflow_provider_stablecog.ledger import ItemRecord, Ledger, item_key
 from airflow_provider_stablecog.operators.upscale import UpscaleOperator
@@ -20,12 +20,18 @@ def test_a_new_model_upscales_again_into_its_own_files(emu, tmp_path):
     other = next(m.id for m in models if not m.is_default) if len(models) > 1 else None
     if other is None:
         pytest.skip("the emulator lists one upscale model")
-    first = UpscaleOperator(task_id="u", inputs=[url], destination=str(tmp_path), progress_interval=0).execute(make_context())
-    second = UpscaleOperator(task_id="u", inputs=[url], destination=str(tmp_path), model_id=other, progress_interval=0).execute(make_context())
+    first = UpscaleOperator(
+        task_id="u", inputs=[url], destination=str(tmp_path), progress_interval=0
+    ).execute(make_context())
+    second = UpscaleOperator(
+        task_id="u", inputs=[url], destination=str(tmp_path), model_id=other, progress_interval=0
+    ).execute(make_context())
     assert first[0]["status"] == second[0]["status"] == "upscaled"
     assert first[0]["path"] != second[0]["path"]
     assert emu.ledger()["net_charged"] == 2
-    again = UpscaleOperator(task_id="u", inputs=[url], destination=str(tmp_path), model_id=other, progress_interval=0).execute(make_context())
+    again = UpscaleOperator(
+        task_id="u", inputs=[url], destination=str(tmp_path), model_id=other, progress_interval=0
+    ).execute(make_context())
     assert again[0]["status"] == "skipped" and emu.ledger()["net_charged"] == 2
 
 
@@ -33,7 +39,9 @@ def test_no_presigned_signature_is_stored_anywhere(emu, tmp_path):
     secret = "5ec7e75167ab0c9d"
     url = emu.sample_url("31x31.png") + f"?X-Amz-Credential=AKIAEXAMPLE&X-Amz-Signature={secret}"
     store = MemoryStateStore()
-    records = UpscaleOperator(task_id="u", inputs=[url], destination=str(tmp_path), progress_interval=0).execute(make_context(store))
+    records = UpscaleOperator(
+        task_id="u", inputs=[url], destination=str(tmp_path), progress_interval=0
+    ).execute(make_context(store))
     assert records[0]["status"] == "upscaled"
     stored = [p.read_bytes() for p in tmp_path.rglob("*") if p.is_file() and p.suffix in (".json", ".jsonl")]
     assert len(stored) >= 2  # the manifest and at least one ledger object
@@ -58,15 +66,23 @@ def test_requests_in_flight_at_a_crash_are_resent_and_reported(emu, tmp_path):
     assert [r.get("possibly_double_charged", 0) for r in records] == [1, 1, 0, 0, 0]
     assert op.summary["possibly_double_charged"] == 2
     manifest = Ledger(destination=resolve_destination(tmp_path)).load()
-    assert manifest[item_key(urls[0])].possibly_double_charged == 1 and not manifest[item_key(urls[0])].pending
+    assert (
+        manifest[item_key(urls[0])].possibly_double_charged == 1 and not manifest[item_key(urls[0])].pending
+    )
 
 
 def test_resend_possibly_charged_false_leaves_them_to_the_user(emu, tmp_path):
     urls = [emu.sample_url(f"{20 + i}x33.png") for i in range(3)]
     store = MemoryStateStore()
     _crashed_try(store, tmp_path, urls[:1])
-    op = UpscaleOperator(task_id="u", inputs=urls, destination=str(tmp_path), progress_interval=0, resend_possibly_charged=False)
-    with pytest.raises(AirflowException, match="possibly|may have been charged"):
+    op = UpscaleOperator(
+        task_id="u",
+        inputs=urls,
+        destination=str(tmp_path),
+        progress_interval=0,
+        resend_possibly_charged=False,
+    )
+    with pytest.raises(AirflowException, match=r"possibly|may have been charged"):
         op.execute(make_context(store))
     assert emu.ledger()["net_charged"] == 2
     record = Ledger(destination=resolve_destination(tmp_path)).load()[item_key(urls[0])]
@@ -77,5 +93,7 @@ def test_a_destination_only_crash_is_read_without_the_state_store(emu, tmp_path)
     """A new DAG run (new state store) still sees what the killed run had in flight."""
     urls = [emu.sample_url(f"{20 + i}x34.png") for i in range(3)]
     _crashed_try(MemoryStateStore(), tmp_path, urls[:1])
-    records = UpscaleOperator(task_id="u", inputs=urls, destination=str(tmp_path), progress_interval=0).execute(make_context())
+    records = UpscaleOperator(
+        task_id="u", inputs=urls, destination=str(tmp_path), progress_interval=0
+    ).execute(make_context())
     assert records[0].get("possibly_double_charged") == 1 and emu.ledger()["net_charged"] == 3

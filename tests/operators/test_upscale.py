@@ -7,9 +7,9 @@ import threading
 import time
 
 import pytest
-from airflow.sdk.exceptions import AirflowException, AirflowFailException
 from PIL import Image
 
+from airflow_provider_stablecog.compat import AirflowException, AirflowFailException
 from airflow_provider_stablecog.exceptions import StablecogConfigError
 from airflow_provider_stablecog.operators.upscale import UpscaleOperator
 from airflow_provider_stablecog.utils.storage import read_manifest
@@ -32,7 +32,15 @@ def test_mixed_batch_with_duplicates_downloads_4x_and_writes_manifest(emu, tmp_p
     fresh_outputs = emu.output_ids(upscaled=False)[:2]
     upscaled_outputs = emu.output_ids(upscaled=True)[:1]
     local = sample_images(tmp_path)
-    inputs = [*urls, *fresh_outputs, *upscaled_outputs, *local, urls[0], local[0].upper().lower(), fresh_outputs[0].upper()]
+    inputs = [
+        *urls,
+        *fresh_outputs,
+        *upscaled_outputs,
+        *local,
+        urls[0],
+        local[0].upper().lower(),
+        fresh_outputs[0].upper(),
+    ]
     dest = tmp_path / "out"
 
     records = run(UpscaleOperator(task_id="u", inputs=inputs, destination=str(dest), progress_interval=0))
@@ -58,7 +66,17 @@ def test_mixed_batch_with_duplicates_downloads_4x_and_writes_manifest(emu, tmp_p
     manifest = read_manifest(dest)
     assert len(manifest) == len(set(urls) | set(fresh_outputs) | set(upscaled_outputs) | set(local))
     record = next(iter(manifest.values()))
-    assert {"input", "status", "output_id", "url", "path", "width", "height", "error", "credits_charged"} <= set(record)
+    assert {
+        "input",
+        "status",
+        "output_id",
+        "url",
+        "path",
+        "width",
+        "height",
+        "error",
+        "credits_charged",
+    } <= set(record)
     assert sum(r["credits_charged"] for r in manifest.values()) == unique_paid
     files = sorted(p.name for p in dest.iterdir() if p.is_file())
     assert "manifest.jsonl" in files and not [f for f in files if f.endswith(".part")]
@@ -70,13 +88,21 @@ def test_xcom_is_compact_and_ordered(emu):
     inputs = [emu.sample_url(f"{16 + i}x16.png") for i in range(20)]
     records = run(UpscaleOperator(task_id="u", inputs=inputs, progress_interval=0))
     assert [r["input"] for r in records] == inputs
-    assert all(set(r) == {"input", "status", "output_id", "url"} for r in records)  # no path: nothing downloaded
+    assert all(
+        set(r) == {"input", "status", "output_id", "url"} for r in records
+    )  # no path: nothing downloaded
     assert len(json.dumps(records)) / len(records) < 220
 
 
 def test_bad_items_fail_alone_and_the_task_fails_after_saving(emu, tmp_path):
     good = [emu.sample_url("24x24.png"), emu.sample_url("25x25.png")]
-    bad = ["", "ftp://x/y.png", emu.sample_url("bad/not-an-image.png"), str(tmp_path / "missing.png"), "00000000-0000-4000-8000-000000000000"]
+    bad = [
+        "",
+        "ftp://x/y.png",
+        emu.sample_url("bad/not-an-image.png"),
+        str(tmp_path / "missing.png"),
+        "00000000-0000-4000-8000-000000000000",
+    ]
     dest = tmp_path / "out"
     op = UpscaleOperator(task_id="u", inputs=good + bad, destination=str(dest), progress_interval=0)
     with pytest.raises(AirflowException) as info:
@@ -99,7 +125,9 @@ def test_bad_items_fail_alone_and_the_task_fails_after_saving(emu, tmp_path):
 
 def test_max_failed_ratio_lets_the_batch_pass(emu):
     records = run(
-        UpscaleOperator(task_id="u", inputs=[emu.sample_url("20x20.png"), "javascript:alert(1)"], max_failed_ratio=0.5)
+        UpscaleOperator(
+            task_id="u", inputs=[emu.sample_url("20x20.png"), "javascript:alert(1)"], max_failed_ratio=0.5
+        )
     )
     assert [r["status"] for r in records] == ["upscaled", "failed"]
     assert records[1]["error"] == "unsupported_scheme"
@@ -115,7 +143,9 @@ def test_concurrency_reaches_max_and_never_exceeds_it(emu):
 def test_reserve_floor_respected_under_concurrency(emu):
     emu.set_balance(10)
     inputs = [emu.sample_url(f"{20 + i}x21.png") for i in range(20)]
-    op = UpscaleOperator(task_id="u", inputs=inputs, max_concurrency=4, credit_reserve=4, fail_on_not_started=False)
+    op = UpscaleOperator(
+        task_id="u", inputs=inputs, max_concurrency=4, credit_reserve=4, fail_on_not_started=False
+    )
     records = run(op)
     statuses = by_status(records)
     assert len(statuses["upscaled"]) == 6
@@ -139,14 +169,26 @@ def test_insufficient_credits_mid_batch_stops_at_once(stablecog_conn, requests_m
     from tests.conftest import BASE_URL
 
     requests_mock.get(f"{BASE_URL}/v1/credits", json={"total_remaining_credits": 100})
-    ok = {"json": {"outputs": [{"id": "o", "url": "u", "upscaled_image_url": "https://b.test/o.jpeg"}], "remaining_credits": 50}}
+    ok = {
+        "json": {
+            "outputs": [{"id": "o", "url": "u", "upscaled_image_url": "https://b.test/o.jpeg"}],
+            "remaining_credits": 50,
+        }
+    }
     out = {"status_code": 400, "json": {"error": "insufficient_credits"}}
     m = requests_mock.post(f"{BASE_URL}/v1/image/upscale/create", [ok, ok, out, ok, ok])
     inputs = [f"https://img.test/{i}.png" for i in range(6)]
     op = UpscaleOperator(task_id="u", inputs=inputs, max_concurrency=1, fail_on_not_started=False)
     records = run(op)
     assert m.call_count == 3  # no new request after insufficient_credits
-    assert [r["status"] for r in records] == ["upscaled", "upscaled", "not_started", "not_started", "not_started", "not_started"]
+    assert [r["status"] for r in records] == [
+        "upscaled",
+        "upscaled",
+        "not_started",
+        "not_started",
+        "not_started",
+        "not_started",
+    ]
     assert {r["error"] for r in records[2:]} == {"insufficient_credits"}
 
 
@@ -168,16 +210,26 @@ def test_bad_key_fails_without_retry(emu):
     "faults",
     # the draws hash the inputs (whose URLs hold the emulator's port): 16 items at 0.35 leave
     # P(no fault at all) ~ 0.1 %, and 13 attempts make P(an item never succeeds) negligible
-    [{"spurious_429": 0.35}, {"timeout": 0.35}, {"worker_failure": 0.35}, {"bad_gateway": 0.35}, {"drop_after_charge": 0.35}],
+    [
+        {"spurious_429": 0.35},
+        {"timeout": 0.35},
+        {"worker_failure": 0.35},
+        {"bad_gateway": 0.35},
+        {"drop_after_charge": 0.35},
+    ],
     ids=["429", "TIMEOUT", "worker_failure", "502", "dropped"],
 )
 def test_transient_faults_are_recovered(emu, tmp_path, faults):
     emu.configure(faults=faults, fault_seed=7)
     import os
 
-    os.environ["AIRFLOW_CONN_STABLECOG_DEFAULT"] = emu.connection_json(plan_concurrency=4, rate_limit=0, max_retries=12, retry_backoff=0.05)
+    os.environ["AIRFLOW_CONN_STABLECOG_DEFAULT"] = emu.connection_json(
+        plan_concurrency=4, rate_limit=0, max_retries=12, retry_backoff=0.05
+    )
     inputs = [emu.sample_url(f"{20 + i}x23.png") for i in range(16)]
-    op = UpscaleOperator(task_id="u", inputs=inputs, destination=str(tmp_path), progress_interval=0, max_failed_ratio=1.0)
+    op = UpscaleOperator(
+        task_id="u", inputs=inputs, destination=str(tmp_path), progress_interval=0, max_failed_ratio=1.0
+    )
     records = run(op)
     ledger = emu.ledger()
     if "worker_failure" in faults:
@@ -247,7 +299,13 @@ def test_model_id_checked_before_spending(emu):
     with pytest.raises(StablecogConfigError, match="not a UUID"):
         run(UpscaleOperator(task_id="u", inputs=[emu.sample_url("20x20.png")], model_id="swinir"))
     with pytest.raises(StablecogConfigError, match="not one of the upscale models"):
-        run(UpscaleOperator(task_id="u", inputs=[emu.sample_url("20x20.png")], model_id="00000000-0000-4000-8000-000000000001"))
+        run(
+            UpscaleOperator(
+                task_id="u",
+                inputs=[emu.sample_url("20x20.png")],
+                model_id="00000000-0000-4000-8000-000000000001",
+            )
+        )
     assert charged(emu) == 0
     from airflow_provider_stablecog.hooks.stablecog import StablecogHook
 
@@ -260,17 +318,25 @@ def test_unwritable_destination_fails_before_spending(emu, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
     with pytest.raises(StablecogConfigError, match="not writable"):
-        run(UpscaleOperator(task_id="u", inputs=[emu.sample_url("20x20.png")], destination=str(blocker / "sub")))
+        run(
+            UpscaleOperator(
+                task_id="u", inputs=[emu.sample_url("20x20.png")], destination=str(blocker / "sub")
+            )
+        )
     assert charged(emu) == 0
 
 
 def test_oversized_local_image_fails_or_is_downscaled(emu, tmp_path):
     big = tmp_path / "big.png"
     Image.new("RGB", (1200, 1000), (10, 20, 30)).save(big)
-    with pytest.raises(AirflowException, match="too_many_pixels|1,048,576"):
+    with pytest.raises(AirflowException, match=r"too_many_pixels|1,048,576"):
         run(UpscaleOperator(task_id="u", inputs=[str(big)]))
     assert charged(emu) == 0
-    records = run(UpscaleOperator(task_id="u", inputs=[str(big)], downscale_oversized=True, destination=str(tmp_path / "o")))
+    records = run(
+        UpscaleOperator(
+            task_id="u", inputs=[str(big)], downscale_oversized=True, destination=str(tmp_path / "o")
+        )
+    )
     w, h = Image.open(records[0]["path"]).size
     assert w * h <= 16 * 1_048_576 and (w, h) == (4 * (w // 4), 4 * (h // 4))
 

@@ -48,7 +48,9 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
         terminalreporter.write_line(f"corpus: {len(CORPUS)} cases, {len(CORPUS) - red} green, {red} red")
     for e in SECRET_GREPS:
         terminalreporter.section("secret grep")
-        terminalreporter.write_line(f"secret grep: {e['hits']} hits of the API key in {e['sources']} ({e['bytes']:,} bytes searched)")
+        terminalreporter.write_line(
+            f"secret grep: {e['hits']} hits of the API key in {e['sources']} ({e['bytes']:,} bytes searched)"
+        )
 
 
 @pytest.fixture(scope="session")

@@ -22,7 +22,10 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     """``rows`` of ``{"case", "outcome", "message", "ok"}`` as a fixed-width table."""
     case_w = max([len("case")] + [len(r["case"]) for r in rows])
     out_w = max([len("outcome")] + [len(r["outcome"]) for r in rows])
-    lines = [f"   {'case':<{case_w}}  {'outcome':<{out_w}}  message", "   " + "-" * (case_w + out_w + 4 + MESSAGE_WIDTH)]
+    lines = [
+        f"   {'case':<{case_w}}  {'outcome':<{out_w}}  message",
+        "   " + "-" * (case_w + out_w + 4 + MESSAGE_WIDTH),
+    ]
     for r in rows:
         message = " ".join(str(r["message"]).split())
         if len(message) > MESSAGE_WIDTH:

@@ -98,7 +98,9 @@ class SoakResult:
                 f"charged {self.charged} != delivered {self.delivered} + charged_response_lost {self.charged_response_lost}"
             )
         if self.ledger_delivered != self.delivered:
-            found.append(f"the emulator delivered {self.ledger_delivered} answers, the provider recorded {self.delivered}")
+            found.append(
+                f"the emulator delivered {self.ledger_delivered} answers, the provider recorded {self.delivered}"
+            )
         return found
 
 
@@ -145,29 +147,39 @@ def run_soak(
     max_retries: int = 5,
 ) -> SoakResult:
     """Run one soak against ``emulator`` (reset first) into ``workdir/upscaled``."""
-    from airflow.sdk.exceptions import AirflowException
-
+    from airflow_provider_stablecog.compat import AirflowException
     from airflow_provider_stablecog.operators.upscale import UpscaleOperator
     from tests.reliability.support import destination_problems, make_context, manifest_lines
 
     wait_until_settled(emulator)
     emulator.reset()
     emulator.configure(
-        latency=latency, rate_limit=0, faults=faults if faults is not None else FAULTS,
-        fault_seed=seed, slow_seconds=slow_seconds,
+        latency=latency,
+        rate_limit=0,
+        faults=faults if faults is not None else FAULTS,
+        fault_seed=seed,
+        slow_seconds=slow_seconds,
     )
     emulator.set_balance(images * 3)
     destination = workdir / "upscaled"
     inputs = soak_inputs(emulator, images)
     conn = emulator.connection_json(
-        plan_concurrency=concurrency, rate_limit=0, timeout=read_timeout, connect_timeout=5, max_retries=max_retries
+        plan_concurrency=concurrency,
+        rate_limit=0,
+        timeout=read_timeout,
+        connect_timeout=5,
+        max_retries=max_retries,
     )
     started = time.monotonic()
     task_error = None
     with _connection_env(conn):
         op = UpscaleOperator(
-            task_id="soak", inputs=inputs, destination=str(destination), max_concurrency=concurrency,
-            max_failed_ratio=1.0, progress_interval=30,
+            task_id="soak",
+            inputs=inputs,
+            destination=str(destination),
+            max_concurrency=concurrency,
+            max_failed_ratio=1.0,
+            progress_interval=30,
         )
         try:
             records = op.execute(make_context())
@@ -197,7 +209,9 @@ def run_soak(
         duplicates=duplicates,
         faults=dict(ledger["faults_injected"]),
         elapsed=elapsed,
-        destination_problems=destination_problems(destination) if destination.exists() else ["no destination"],
+        destination_problems=destination_problems(destination)
+        if destination.exists()
+        else ["no destination"],
         task_error=task_error,
     )
 
@@ -253,7 +267,9 @@ def _print_report(path: Path) -> int:
         problems += 1
     secrets = [e for e in entries if e.get("kind") == "secrets"]
     for e in secrets:
-        print(f"secret grep: {e['hits']} hits of the API key in {e['sources']} ({e['bytes']:,} bytes searched)")
+        print(
+            f"secret grep: {e['hits']} hits of the API key in {e['sources']} ({e['bytes']:,} bytes searched)"
+        )
         problems += e["hits"]
     if not secrets:
         print("!! no secret-grep result")
@@ -266,9 +282,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", type=int, default=1000, help="images in the soak (default 1000)")
     parser.add_argument("--seed", type=int, default=7, help="fault seed (default 7)")
     parser.add_argument("--concurrency", type=int, default=CONCURRENCY)
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="emulator port (fixed: the inputs, hence the faults, depend on it)")
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=DEFAULT_PORT,
+        help="emulator port (fixed: the inputs, hence the faults, depend on it)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
-    parser.add_argument("--no-pytest", action="store_true", help="only the soak, not pytest tests/reliability")
+    parser.add_argument(
+        "--no-pytest", action="store_true", help="only the soak, not pytest tests/reliability"
+    )
     args = parser.parse_args(argv)
 
     from airflow_provider_stablecog.emulator.testing import run_emulator
@@ -282,7 +305,11 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     with run_emulator(
-        port=port, latency=LATENCY, credits=args.images * 3, plan_concurrency=args.concurrency * 2, rate_limit=0,
+        port=port,
+        latency=LATENCY,
+        credits=args.images * 3,
+        plan_concurrency=args.concurrency * 2,
+        rate_limit=0,
     ) as emulator:
         with _output_to(log_file):  # the task log (retries, progress, summary) goes to the file
             result = run_soak(emulator, args.images, args.seed, workdir, concurrency=args.concurrency)
@@ -297,7 +324,11 @@ def main(argv: list[str] | None = None) -> int:
         report = workdir / "reliability-report.jsonl"
         print(">> pytest tests/reliability -q", flush=True)
         env = {**os.environ, REPORT_ENV: str(report)}
-        done = subprocess.run([sys.executable, "-m", "pytest", "tests/reliability", "-q", "-p", "no:cacheprovider"], cwd=ROOT, env=env)
+        done = subprocess.run(
+            [sys.executable, "-m", "pytest", "tests/reliability", "-q", "-p", "no:cacheprovider"],
+            cwd=ROOT,
+            env=env,
+        )
         print()
         print(summary)
         red = _print_report(report)

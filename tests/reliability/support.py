@@ -43,11 +43,17 @@ def destination_problems(destination: str | Path) -> list[str]:
     keys = Counter(r["key"] for r in records)
     problems += [f"key twice in the manifest: {k}" for k, n in keys.items() if n > 1]
     files = {p.name for p in dest.iterdir() if p.is_file()} - {MANIFEST_NAME}
-    problems += [f"temporary file left: {name}" for name in sorted(files) if name.endswith(".part") or name.startswith(".")]
+    problems += [
+        f"temporary file left: {name}"
+        for name in sorted(files)
+        if name.endswith(".part") or name.startswith(".")
+    ]
     paths = Counter(Path(r["path"]).name for r in records if r.get("path"))
     problems += [f"two records share the file {name}" for name, n in paths.items() if n > 1]
     for record in records:
-        if record["status"] in ("upscaled", "skipped") and not (record.get("path") and (dest / Path(record["path"]).name).is_file()):
+        if record["status"] in ("upscaled", "skipped") and not (
+            record.get("path") and (dest / Path(record["path"]).name).is_file()
+        ):
             problems.append(f"{record['input']}: recorded {record['status']} but its file is missing")
         if record["status"] == "failed" and not record.get("error"):
             problems.append(f"{record['input']}: failed without an error code")

@@ -13,7 +13,9 @@ IMAGES = 100
 
 @pytest.fixture(scope="module")
 def emulator():
-    with run_emulator(latency=0.03, credits=IMAGES * 3, plan_concurrency=CONCURRENCY * 2, rate_limit=0) as emu:
+    with run_emulator(
+        latency=0.03, credits=IMAGES * 3, plan_concurrency=CONCURRENCY * 2, rate_limit=0
+    ) as emu:
         yield emu
 
 

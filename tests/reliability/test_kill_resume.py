@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 
 import pytest
-from airflow.sdk.exceptions import AirflowException
 
+from airflow_provider_stablecog.compat import AirflowException
 from airflow_provider_stablecog.emulator.testing import run_emulator
 from airflow_provider_stablecog.operators.upscale import UpscaleOperator
 from airflow_provider_stablecog.testing.airflow_sandbox import AirflowSandbox, airflow_command
@@ -52,7 +52,9 @@ with DAG(
 WAIT_SECONDS = 120
 
 
-def _wait_for(predicate, what: str, process: subprocess.Popen | None = None, timeout: float = WAIT_SECONDS) -> None:
+def _wait_for(
+    predicate, what: str, process: subprocess.Popen | None = None, timeout: float = WAIT_SECONDS
+) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         if process is not None and process.poll() is not None:
@@ -81,7 +83,11 @@ def test_sigterm_to_dags_test_then_a_new_run_pays_nothing_twice(tmp_path, migrat
         with open(tmp_path / "first-run.log", "w") as log:
             process = subprocess.Popen(
                 [*airflow_command(), "dags", "test", DAG_ID, "--conf", json.dumps(conf)],
-                env=box.environ(), cwd=box.home, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                env=box.environ(),
+                cwd=box.home,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
             )
             try:
                 _wait_for(lambda: emu.ledger()["net_charged"] >= 6, "6 upscales were charged", process)
@@ -105,10 +111,14 @@ def test_sigterm_to_dags_test_then_a_new_run_pays_nothing_twice(tmp_path, migrat
         records = again.xcom("upscale")
         assert {r["status"] for r in records} <= {"upscaled", "skipped"}
         # done before: skipped; paid but not downloaded before the kill: downloaded now, not paid
-        assert {r["input"] for r in records if r["status"] == "skipped"} >= {i for i in paid_first if i in set(done_first)}
+        assert {r["input"] for r in records if r["status"] == "skipped"} >= {
+            i for i in paid_first if i in set(done_first)
+        }
         charges = emu.ledger()["charges_by_input"]
         assert set(charges) == set(images)
-        assert all(charges[i] == 1 for i in paid_first), {i: charges[i] for i in paid_first if charges[i] != 1}
+        assert all(charges[i] == 1 for i in paid_first), {
+            i: charges[i] for i in paid_first if charges[i] != 1
+        }
         # only requests in flight at the kill (at most max_concurrency=2) can have been paid twice
         twice = {i for i, n in charges.items() if n > 1}
         assert len(twice) <= 2 and not twice & paid_first
@@ -121,7 +131,9 @@ def test_sigterm_to_dags_test_then_a_new_run_pays_nothing_twice(tmp_path, migrat
 @pytest.fixture
 def emu(monkeypatch):
     with run_emulator(latency=0.25, credits=1000, plan_concurrency=4, rate_limit=0) as emulator:
-        monkeypatch.setenv("AIRFLOW_CONN_STABLECOG_DEFAULT", emulator.connection_json(plan_concurrency=4, rate_limit=0))
+        monkeypatch.setenv(
+            "AIRFLOW_CONN_STABLECOG_DEFAULT", emulator.connection_json(plan_concurrency=4, rate_limit=0)
+        )
         yield emulator
 
 
@@ -143,14 +155,20 @@ def test_on_kill_then_retry_and_new_run_with_the_same_destination(emu, tmp_path)
     images = [emu.sample_url(f"{20 + i}x22.png") for i in range(24)]
     dest = tmp_path / "dest"
     store = MemoryStateStore()
-    op = UpscaleOperator(task_id="u", inputs=images, destination=str(dest), max_concurrency=3, progress_interval=0)
+    op = UpscaleOperator(
+        task_id="u", inputs=images, destination=str(dest), max_concurrency=3, progress_interval=0
+    )
 
-    _execute_killed_when(op, make_context(store), lambda: emu.ledger()["net_charged"] >= 5, "5 upscales were charged")
+    _execute_killed_when(
+        op, make_context(store), lambda: emu.ledger()["net_charged"] >= 5, "5 upscales were charged"
+    )
     assert destination_problems(dest) == []
     paid_first = _paid_inputs(dest)
     assert 0 < len(paid_first) < len(images)
 
-    retry = UpscaleOperator(task_id="u", inputs=images, destination=str(dest), max_concurrency=3, progress_interval=0)
+    retry = UpscaleOperator(
+        task_id="u", inputs=images, destination=str(dest), max_concurrency=3, progress_interval=0
+    )
     records = retry.execute(make_context(store))  # the same task instance's state store
     assert {r["status"] for r in records} <= {"upscaled", "skipped"}
     charges = emu.ledger()["charges_by_input"]
@@ -169,7 +187,9 @@ def test_answer_received_during_the_stop_is_reused_by_a_new_run(emu, tmp_path):
     images = [emu.sample_url(f"{30 + i}x23.png") for i in range(6)]
     dest = tmp_path / "dest"
     emu.configure(latency=1.0)
-    op = UpscaleOperator(task_id="u", inputs=images, destination=str(dest), max_concurrency=2, progress_interval=0)
+    op = UpscaleOperator(
+        task_id="u", inputs=images, destination=str(dest), max_concurrency=2, progress_interval=0
+    )
 
     # no state store shared with the next run
     _execute_killed_when(op, make_context(), lambda: emu.ledger()["in_flight"] >= 2, "2 upscales in flight")
@@ -181,7 +201,9 @@ def test_answer_received_during_the_stop_is_reused_by_a_new_run(emu, tmp_path):
     assert paid == len(answered)
 
     emu.configure(latency=0.05)
-    records = UpscaleOperator(task_id="u", inputs=images, destination=str(dest), progress_interval=0).execute(make_context())
+    records = UpscaleOperator(task_id="u", inputs=images, destination=str(dest), progress_interval=0).execute(
+        make_context()
+    )
     assert {r["status"] for r in records} <= {"upscaled", "skipped"}
     assert all(n == 1 for n in emu.ledger()["charges_by_input"].values())
     assert emu.ledger()["net_charged"] == len(images)

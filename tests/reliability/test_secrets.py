@@ -54,11 +54,16 @@ def runs(tmp_path_factory, migrated_db_template):
         write_sample_images(root / "incoming", sizes=["64x48.png", "48x64.jpg"], seed=5)
         catalogue = [
             {"sku": "A", "name": "presigned", "image_url": _presigned(emu.sample_url("40x30.png"))},
-            *({"sku": f"B{i}", "name": "plain", "image_url": emu.sample_url(f"{30 + i}x40.png")} for i in range(4)),
+            *(
+                {"sku": f"B{i}", "name": "plain", "image_url": emu.sample_url(f"{30 + i}x40.png")}
+                for i in range(4)
+            ),
             {"sku": "C", "name": "broken", "image_url": _presigned(emu.sample_url("bad/not-an-image.png"))},
         ]
         (root / "catalogue.json").write_text(json.dumps(catalogue))
-        fanout_images = [_presigned(emu.sample_url(f"{20 + i}x20.png")) for i in range(3)] + [emu.sample_url("24x20.png")]
+        fanout_images = [_presigned(emu.sample_url(f"{20 + i}x20.png")) for i in range(3)] + [
+            emu.sample_url("24x20.png")
+        ]
         results = [
             box.dags_test(
                 "example_stablecog_scheduled_batch",
@@ -66,8 +71,11 @@ def runs(tmp_path_factory, migrated_db_template):
             ),
             box.dags_test(
                 "example_stablecog_etl_enrichment",
-                conf={"catalogue": str(root / "catalogue.json"), "destination": str(root / "out-etl"),
-                      "output": str(root / "enriched.jsonl")},
+                conf={
+                    "catalogue": str(root / "catalogue.json"),
+                    "destination": str(root / "out-etl"),
+                    "output": str(root / "enriched.jsonl"),
+                },
             ),
             box.dags_test(
                 "example_stablecog_credit_aware_fanout",
@@ -90,16 +98,28 @@ def test_example_dags_leak_no_key(runs):
     box, root = runs["box"], runs["root"]
     assert not runs["rejected"].ok and "Unauthorized" in runs["rejected"].output  # the rejected key failed
     outputs = "\n".join(r.output for r in [*runs["results"], runs["rejected"]]).encode()
-    files = b"\n".join(p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file())  # AIRFLOW_HOME, DB, destinations
+    files = b"\n".join(
+        p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
+    )  # AIRFLOW_HOME, DB, destinations
     xcoms = "\n".join(str(r["value"]) for r in box.query("SELECT value FROM xcom")).encode()
-    rendered = "\n".join(str(r["rendered_fields"]) for r in box.query("SELECT rendered_fields FROM rendered_task_instance_fields")).encode()
+    rendered = "\n".join(
+        str(r["rendered_fields"])
+        for r in box.query("SELECT rendered_fields FROM rendered_task_instance_fields")
+    ).encode()
     manifests = b"\n".join(p.read_bytes() for p in root.rglob("manifest.jsonl"))
     assert rendered and xcoms and manifests  # something was searched in each
-    sources = {"dags test output": outputs, "AIRFLOW_HOME + destinations": files, "xcom": xcoms,
-               "rendered fields": rendered, "manifests": manifests}
+    sources = {
+        "dags test output": outputs,
+        "AIRFLOW_HOME + destinations": files,
+        "xcom": xcoms,
+        "rendered fields": rendered,
+        "manifests": manifests,
+    }
     hits = {name: _count(data, KNOWN_KEY) + _count(data, REJECTED_KEY) for name, data in sources.items()}
     # the key without its prefix, and its tail, must not appear either
-    hits["key fragments"] = sum(_count(outputs + files, k[3:]) + _count(outputs + files, k[-24:]) for k in (KNOWN_KEY, REJECTED_KEY))
+    hits["key fragments"] = sum(
+        _count(outputs + files, k[3:]) + _count(outputs + files, k[-24:]) for k in (KNOWN_KEY, REJECTED_KEY)
+    )
     total = sum(hits.values())
     record_secret_grep(total, ", ".join(sources), sum(len(d) for d in sources.values()))
     assert hits == dict.fromkeys(hits, 0)
@@ -115,7 +135,9 @@ def test_presigned_urls_are_masked_in_logs_and_xcoms(runs):
     outputs = "\n".join(r.output for r in [*runs["results"], runs["rejected"]])
     ours = [line for line in outputs.splitlines() if "airflow_provider_stablecog" in line]
     assert any("X-Amz-Signature=***" in line for line in ours)  # the URLs were logged, redacted
-    xcoms = "\n".join(str(r["value"]) for r in box.query("SELECT value FROM xcom WHERE task_id LIKE 'upscale%'"))
+    xcoms = "\n".join(
+        str(r["value"]) for r in box.query("SELECT value FROM xcom WHERE task_id LIKE 'upscale%'")
+    )
     assert xcoms
     for secret in (SIGNATURE, CREDENTIAL):
         leaking = [line for line in ours if secret in line]

@@ -45,7 +45,9 @@ def api(stablecog_conn, requests_mock):
         if "__status__" in output:
             context.status_code = output["__status__"]
             return output["__body__"]
-        return json.dumps({"outputs": [output], "remaining_credits": 99, "settings": {"input": body["input"]}})
+        return json.dumps(
+            {"outputs": [output], "remaining_credits": 99, "settings": {"input": body["input"]}}
+        )
 
     requests_mock.post(f"{BASE_URL}/v1/image/upscale/create", text=create)
 
@@ -59,9 +61,11 @@ def api(stablecog_conn, requests_mock):
 
 
 def _run(inputs, dest):
-    from airflow.sdk.exceptions import AirflowException
+    from airflow_provider_stablecog.compat import AirflowException
 
-    op = UpscaleOperator(task_id="hostile", inputs=inputs, destination=str(dest), max_failed_ratio=1.0, progress_interval=0)
+    op = UpscaleOperator(
+        task_id="hostile", inputs=inputs, destination=str(dest), max_failed_ratio=1.0, progress_interval=0
+    )
     try:
         return op.execute(make_context())
     except AirflowException as exc:  # pragma: no cover - shown on failure
@@ -74,19 +78,37 @@ def _files_outside(root: Path, dest: Path) -> list[Path]:
 
 HOSTILE_OUTPUTS = {
     "traversal in id": ({"id": "../../../../tmp/evil", "upscaled_image_url": f"{CDN}/ok.jpeg"}, "upscaled"),
-    "traversal in url": ({"id": "o2", "upscaled_image_url": f"{CDN}/a/../../../../etc/evil.jpeg"}, "upscaled"),
-    "encoded traversal in url": ({"id": "o3", "upscaled_image_url": f"{CDN}/%2e%2e/%2e%2e/evil.jpeg"}, "upscaled"),
+    "traversal in url": (
+        {"id": "o2", "upscaled_image_url": f"{CDN}/a/../../../../etc/evil.jpeg"},
+        "upscaled",
+    ),
+    "encoded traversal in url": (
+        {"id": "o3", "upscaled_image_url": f"{CDN}/%2e%2e/%2e%2e/evil.jpeg"},
+        "upscaled",
+    ),
     "absolute path as id": ({"id": "/etc/passwd", "upscaled_image_url": f"{CDN}/ok2.jpeg"}, "upscaled"),
-    "newline and quote in id": ({"id": 'x"\n{"key": "forged"}', "upscaled_image_url": f"{CDN}/ok3.jpeg"}, "upscaled"),
+    "newline and quote in id": (
+        {"id": 'x"\n{"key": "forged"}', "upscaled_image_url": f"{CDN}/ok3.jpeg"},
+        "upscaled",
+    ),
     "file:// url": ({"id": "o4", "upscaled_image_url": "file:///etc/passwd"}, "invalid_output_url"),
     "ftp:// url": ({"id": "o5", "upscaled_image_url": "ftp://cdn.images.test/x.jpeg"}, "invalid_output_url"),
     "javascript: url": ({"id": "o6", "upscaled_image_url": "javascript:alert(1)"}, "invalid_output_url"),
     "relative url": ({"id": "o7", "upscaled_image_url": "../../etc/passwd"}, "invalid_output_url"),
-    "html instead of an image": ({"id": "o8", "upscaled_image_url": f"{CDN}/page.jpeg"}, "invalid_output_content"),
-    "image type, not an image": ({"id": "o9", "upscaled_image_url": f"{CDN}/fake.jpeg"}, "invalid_output_image"),
+    "html instead of an image": (
+        {"id": "o8", "upscaled_image_url": f"{CDN}/page.jpeg"},
+        "invalid_output_content",
+    ),
+    "image type, not an image": (
+        {"id": "o9", "upscaled_image_url": f"{CDN}/fake.jpeg"},
+        "invalid_output_image",
+    ),
     "declared oversize": ({"id": "o10", "upscaled_image_url": f"{CDN}/huge.jpeg"}, "output_too_large"),
     "no url at all": ({"id": "o11"}, "invalid_output_url"),
-    "url is not a string": ({"id": "o12", "upscaled_image_url": {"href": f"{CDN}/ok.jpeg"}}, "invalid_output_url"),
+    "url is not a string": (
+        {"id": "o12", "upscaled_image_url": {"href": f"{CDN}/ok.jpeg"}},
+        "invalid_output_url",
+    ),
     "url on the API host": ({"id": "o13", "upscaled_image_url": f"{BASE_URL}/outputs/x.jpeg"}, "upscaled"),
 }
 
@@ -96,12 +118,18 @@ def test_hostile_outputs_stay_inside_the_destination(api, tmp_path):
     api.mock.get(f"{CDN}/ok2.jpeg", content=_jpeg(), headers={"Content-Type": "image/jpeg"})
     api.mock.get(f"{CDN}/ok3.jpeg", content=_jpeg(), headers={"Content-Type": "image/jpeg"})
     api.mock.get(f"{CDN}/etc/evil.jpeg", content=_jpeg(), headers={"Content-Type": "image/jpeg"})
-    api.mock.get(f"{CDN}/a/../../../../etc/evil.jpeg", content=_jpeg(), headers={"Content-Type": "image/jpeg"})
+    api.mock.get(
+        f"{CDN}/a/../../../../etc/evil.jpeg", content=_jpeg(), headers={"Content-Type": "image/jpeg"}
+    )
     api.mock.get(f"{CDN}/%2e%2e/%2e%2e/evil.jpeg", content=_jpeg(), headers={"Content-Type": "image/jpeg"})
     api.mock.get(f"{CDN}/evil.jpeg", content=_jpeg(), headers={"Content-Type": "image/jpeg"})
     api.mock.get(f"{CDN}/page.jpeg", text="<html>hi</html>", headers={"Content-Type": "text/html"})
     api.mock.get(f"{CDN}/fake.jpeg", text="<html>not an image</html>", headers={"Content-Type": "image/jpeg"})
-    api.mock.get(f"{CDN}/huge.jpeg", content=b"x", headers={"Content-Type": "image/jpeg", "Content-Length": str(10**12)})
+    api.mock.get(
+        f"{CDN}/huge.jpeg",
+        content=b"x",
+        headers={"Content-Type": "image/jpeg", "Content-Length": str(10**12)},
+    )
     api.mock.get(f"{BASE_URL}/outputs/x.jpeg", content=_jpeg(), headers={"Content-Type": "image/jpeg"})
     inputs = []
     for i, (output, _) in enumerate(HOSTILE_OUTPUTS.values()):
@@ -112,7 +140,10 @@ def test_hostile_outputs_stay_inside_the_destination(api, tmp_path):
 
     records = _run(inputs, dest)
 
-    got = {name: (r["status"] if r["status"] != "failed" else r["error"]) for name, r in zip(HOSTILE_OUTPUTS, records)}
+    got = {
+        name: (r["status"] if r["status"] != "failed" else r["error"])
+        for name, r in zip(HOSTILE_OUTPUTS, records, strict=True)
+    }
     assert got == {name: expected for name, (_, expected) in HOSTILE_OUTPUTS.items()}
     assert _files_outside(tmp_path, dest) == []
     assert not Path("/tmp/evil").exists()
@@ -131,7 +162,9 @@ def test_hostile_outputs_stay_inside_the_destination(api, tmp_path):
 
 def test_download_cap_holds_without_content_length(client, requests_mock, tmp_path):
     """A body larger than the cap is cut off even when no Content-Length announces it."""
-    requests_mock.get(f"{CDN}/stream.jpeg", body=io.BytesIO(b"\xff" * 5000), headers={"Content-Type": "image/jpeg"})
+    requests_mock.get(
+        f"{CDN}/stream.jpeg", body=io.BytesIO(b"\xff" * 5000), headers={"Content-Type": "image/jpeg"}
+    )
     target = tmp_path / "out.bin"
     with pytest.raises(StablecogInputError) as info:
         client.download(f"{CDN}/stream.jpeg", lambda: target.open("wb"), max_bytes=1000, chunk_size=256)
@@ -140,15 +173,21 @@ def test_download_cap_holds_without_content_length(client, requests_mock, tmp_pa
 
 
 def test_redirects_never_carry_the_key(client, requests_mock, tmp_path):
-    requests_mock.get(f"{CDN}/moved.jpeg", status_code=302, headers={"Location": "https://elsewhere.test/x.jpeg"})
-    requests_mock.get("https://elsewhere.test/x.jpeg", content=_jpeg(), headers={"Content-Type": "image/jpeg"})
+    requests_mock.get(
+        f"{CDN}/moved.jpeg", status_code=302, headers={"Location": "https://elsewhere.test/x.jpeg"}
+    )
+    requests_mock.get(
+        "https://elsewhere.test/x.jpeg", content=_jpeg(), headers={"Content-Type": "image/jpeg"}
+    )
     target = tmp_path / "x.jpg"
     client.download(f"{CDN}/moved.jpeg", lambda: target.open("wb"))
     assert all("Authorization" not in r.headers for r in requests_mock.request_history)
 
 
 def test_api_redirect_to_another_host_drops_the_key(client, requests_mock):
-    requests_mock.get(f"{BASE_URL}/v1/credits", status_code=307, headers={"Location": "https://attacker.test/v1/credits"})
+    requests_mock.get(
+        f"{BASE_URL}/v1/credits", status_code=307, headers={"Location": "https://attacker.test/v1/credits"}
+    )
     requests_mock.get("https://attacker.test/v1/credits", json={"total_remaining_credits": 1})
     client.get_credits()
     hop = requests_mock.request_history[-1]

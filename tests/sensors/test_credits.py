@@ -7,14 +7,14 @@ import time
 
 import pytest
 from airflow.sdk import PokeReturnValue
-from airflow.sdk.exceptions import (
+
+from airflow_provider_stablecog.compat import (
     AirflowException,
     AirflowFailException,
     AirflowSensorTimeout,
     AirflowSkipException,
     TaskDeferred,
 )
-
 from airflow_provider_stablecog.exceptions import StablecogAPIError
 from airflow_provider_stablecog.sensors.credits import StablecogCreditsSensor
 from airflow_provider_stablecog.triggers.credits import StablecogCreditsTrigger
@@ -175,10 +175,27 @@ def test_done_items_in_destination_need_no_credit(conn, requests_mock, tmp_path)
     write_manifest(
         tmp_path,
         [
-            {"input": done, "key": done, "status": "upscaled", "url": "https://b.test/1.jpeg", "path": "done.jpg"},
-            {"input": missing_file, "key": missing_file, "status": "upscaled", "url": "https://b.test/2.jpeg", "path": "gone.jpg"},
+            {
+                "input": done,
+                "key": done,
+                "status": "upscaled",
+                "url": "https://b.test/1.jpeg",
+                "path": "done.jpg",
+            },
+            {
+                "input": missing_file,
+                "key": missing_file,
+                "status": "upscaled",
+                "url": "https://b.test/2.jpeg",
+                "path": "gone.jpg",
+            },
             {"input": failed, "key": failed, "status": "failed", "error": "invalid_image_url"},
-            {"key": "https://img.example/not-in-batch.png", "status": "upscaled", "url": "https://b.test/3.jpeg", "path": "done.jpg"},
+            {
+                "key": "https://img.example/not-in-batch.png",
+                "status": "upscaled",
+                "url": "https://b.test/3.jpeg",
+                "path": "done.jpg",
+            },
         ],
     )
     batch = [done, missing_file, failed, "https://img.example/new.png"]
@@ -196,7 +213,10 @@ def test_everything_done_needs_nothing(conn, requests_mock, tmp_path):
     requests_mock.get(CREDITS_URL, **balance(0))
     url = "https://img.example/a.png"
     (tmp_path / "a.jpg").write_bytes(b"x")
-    write_manifest(tmp_path, [{"input": url, "key": url, "status": "upscaled", "url": "https://b.test/a.jpeg", "path": "a.jpg"}])
+    write_manifest(
+        tmp_path,
+        [{"input": url, "key": url, "status": "upscaled", "url": "https://b.test/a.jpeg", "path": "a.jpg"}],
+    )
     result = make(inputs=[url, url], destination=str(tmp_path)).poke({})
     assert (result.is_done, result.xcom_value) == (True, 0)
 
@@ -205,7 +225,10 @@ def test_empty_rendered_destination_means_none(conn, requests_mock, tmp_path, mo
     requests_mock.get(CREDITS_URL, **balance(0))
     url = "https://img.example/a.png"
     (tmp_path / "a.jpg").write_bytes(b"x")
-    write_manifest(tmp_path, [{"input": url, "key": url, "status": "upscaled", "url": "https://b.test/a.jpeg", "path": "a.jpg"}])
+    write_manifest(
+        tmp_path,
+        [{"input": url, "key": url, "status": "upscaled", "url": "https://b.test/a.jpeg", "path": "a.jpg"}],
+    )
     monkeypatch.chdir(tmp_path)  # "" must not silently mean the working directory
     sensor = make(inputs=[url], destination="{{ params.destination }}")
     sensor.destination = ""
@@ -377,7 +400,7 @@ def test_no_own_soft_fail_handling():
 
 
 def test_deferrable_default_comes_from_config():
-    from airflow.sdk import conf
+    from airflow_provider_stablecog.compat import conf
 
     sensor = StablecogCreditsSensor(task_id="t", min_credits=1)
     assert sensor.deferrable is conf.getboolean("operators", "default_deferrable", fallback=False)
@@ -438,7 +461,9 @@ def test_resumed_failure_with_soft_fail_skips(status, flag):
 
 def test_resumed_success_returns_remaining():
     event = {"status": "success", "remaining_credits": 17, "required": 5}
-    assert make(min_credits=5, soft_fail=True).resume_execution("execute_complete", {"event": event}, {}) == 17
+    assert (
+        make(min_credits=5, soft_fail=True).resume_execution("execute_complete", {"event": event}, {}) == 17
+    )
 
 
 def test_resume_execution_turns_trigger_timeout_into_sensor_timeout():

@@ -7,8 +7,8 @@ import asyncio
 import time
 
 import pytest
-from airflow.sdk.exceptions import AirflowFailException
 
+from airflow_provider_stablecog.compat import AirflowFailException
 from airflow_provider_stablecog.sensors.credits import StablecogCreditsSensor
 from airflow_provider_stablecog.triggers.credits import StablecogCreditsTrigger
 from tests.triggers.test_credits import CreditsServer, only_event
@@ -19,7 +19,9 @@ ANSWERS = [
     # (first answer, expected outcome); later answers are a balance that is enough
     pytest.param((200, HTML, "<html>captive portal</html>"), "wait", id="non-json-200"),
     pytest.param((200, {}, '{"total_remaining_credits": 9'), "wait", id="truncated-json-200"),
-    pytest.param((429, {"Retry-After": "0.2", "Content-Type": "text/plain"}, "Too Many Requests"), "wait", id="429"),
+    pytest.param(
+        (429, {"Retry-After": "0.2", "Content-Type": "text/plain"}, "Too Many Requests"), "wait", id="429"
+    ),
     pytest.param((500, {}, '{"error":"unknown_error"}'), "wait", id="500"),
     pytest.param((500, {}, '{"error":"TIMEOUT"}'), "wait", id="500-TIMEOUT"),
     pytest.param((502, HTML, "<html>bad gateway</html>"), "wait", id="502"),

@@ -153,7 +153,9 @@ def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> 
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     report = yield
     if report.when == "call" and report.failed and _in_testbed(item) and _STACKS and not _STACKS[-1]._stopped:
-        report.sections.append(("test bed logs (scheduler, triggerer, ...)", _STACKS[-1].diagnostics(limit=4000)))
+        report.sections.append(
+            ("test bed logs (scheduler, triggerer, ...)", _STACKS[-1].diagnostics(limit=4000))
+        )
     return report
 
 
@@ -173,10 +175,14 @@ def samples(emulator, count: int, width: int = 64, height: int = 48) -> list[str
     return [emulator.sample_url(f"{width + i}x{height}.png") for i in range(count)]
 
 
-def wait_log(stack, dag_id: str, run_id: str, task_id: str, text: str, timeout: float = 60.0, **kwargs) -> str:
+def wait_log(
+    stack, dag_id: str, run_id: str, task_id: str, text: str, timeout: float = 60.0, **kwargs
+) -> str:
     """The task's log once it contains ``text`` (a task's state is reported before the supervisor has
     written the last lines of its log), or the log as it is after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
-    while text not in (log := stack.task_log(dag_id, run_id, task_id, **kwargs)) and time.monotonic() < deadline:
+    while (
+        text not in (log := stack.task_log(dag_id, run_id, task_id, **kwargs)) and time.monotonic() < deadline
+    ):
         time.sleep(2)
     return log

@@ -25,7 +25,9 @@ def _seed(destination) -> None:
     """5,000 records of earlier runs, as one segment (what a finished run leaves)."""
     old = []
     for i in range(EXISTING):
-        record = ItemRecord(key=item_key(f"https://old.test/{i}.png"), input=f"https://old.test/{i}.png", status="upscaled")
+        record = ItemRecord(
+            key=item_key(f"https://old.test/{i}.png"), input=f"https://old.test/{i}.png", status="upscaled"
+        )
         record.answered(f"old-{i}", f"https://cdn.test/old/{i}.jpeg", charged=True)
         record.rev = "0000000000000-000000"
         old.append(record)
@@ -36,13 +38,17 @@ def _seed(destination) -> None:
 def shared_emulator(emulator, monkeypatch):
     emulator.reset()
     emulator.configure(latency=0.05, faults={}, rate_limit=0)
-    monkeypatch.setenv("AIRFLOW_CONN_STABLECOG_DEFAULT", emulator.connection_json(plan_concurrency=4, rate_limit=0))
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_STABLECOG_DEFAULT", emulator.connection_json(plan_concurrency=4, rate_limit=0)
+    )
     return emulator
 
 
 @pytest.mark.parametrize("trial", range(3))
 @pytest.mark.parametrize("where", ["local", "s3"])
-def test_four_tasks_share_a_destination_and_a_rerun_charges_nothing(shared_emulator, s3_server, monkeypatch, tmp_path, where, trial):
+def test_four_tasks_share_a_destination_and_a_rerun_charges_nothing(
+    shared_emulator, s3_server, monkeypatch, tmp_path, where, trial
+):
     emu = shared_emulator
     if where == "s3":
         for name, value in s3_server.env().items():
@@ -51,16 +57,21 @@ def test_four_tasks_share_a_destination_and_a_rerun_charges_nothing(shared_emula
     else:
         destination = str(tmp_path / "upscaled")
     _seed(resolve_destination(destination))
-    chunks = [[emu.sample_url(f"{20 + t * PER_TASK + i}x{40 + trial}.png") for i in range(PER_TASK)] for t in range(TASKS)]
+    chunks = [
+        [emu.sample_url(f"{20 + t * PER_TASK + i}x{40 + trial}.png") for i in range(PER_TASK)]
+        for t in range(TASKS)
+    ]
     barrier = threading.Barrier(TASKS)
     errors: list[BaseException] = []
 
     def task(inputs: list[str]) -> None:
-        op = UpscaleOperator(task_id="chunk", inputs=inputs, destination=destination, max_concurrency=2, progress_interval=0)
+        op = UpscaleOperator(
+            task_id="chunk", inputs=inputs, destination=destination, max_concurrency=2, progress_interval=0
+        )
         barrier.wait()
         try:
             op.execute(make_context(MemoryStateStore()))
-        except BaseException as exc:  # noqa: BLE001 - reported below
+        except BaseException as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=task, args=(chunk,)) for chunk in chunks]
@@ -76,8 +87,8 @@ def test_four_tasks_share_a_destination_and_a_rerun_charges_nothing(shared_emula
     assert len(loaded) == EXISTING + len(everything)
     assert all(loaded[item_key(url)].paid and loaded[item_key(url)].path for url in everything)
 
-    records = UpscaleOperator(task_id="again", inputs=everything, destination=destination, progress_interval=0).execute(
-        make_context()
-    )
+    records = UpscaleOperator(
+        task_id="again", inputs=everything, destination=destination, progress_interval=0
+    ).execute(make_context())
     assert {r["status"] for r in records} == {"skipped"}
     assert emu.ledger()["net_charged"] == len(everything)  # the re-run charged nothing

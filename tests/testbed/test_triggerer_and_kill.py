@@ -38,7 +38,9 @@ def _kill_after_charges(stack, emulator, dag_id: str, run_id: str, charges: int 
     """SIGKILL the upscale's process once the emulator charged ``charges``; return the requests in flight."""
     deadline = time.monotonic() + 300
     while (ledger := emulator.ledger())["charged"] < charges:
-        assert time.monotonic() < deadline, f"only {ledger['charged']} charges in 300 s\n{stack.diagnostics(dag_id, run_id)}"
+        assert time.monotonic() < deadline, (
+            f"only {ledger['charged']} charges in 300 s\n{stack.diagnostics(dag_id, run_id)}"
+        )
         assert stack.run_state(dag_id, run_id) not in ("success", "failed"), stack.diagnostics(dag_id, run_id)
         time.sleep(0.2)
     before = emulator.ledger()["in_flight"]
@@ -65,7 +67,9 @@ def _check_delivery(stack, emulator, dag_id: str, run_id: str, dest: Path, bound
     )
     print(facts)
     assert len(results) == 60 and {r["status"] for r in results} <= {"upscaled", "skipped"}, [
-        (r["input"], r["status"], r.get("error")) for r in results if r["status"] not in ("upscaled", "skipped")
+        (r["input"], r["status"], r.get("error"))
+        for r in results
+        if r["status"] not in ("upscaled", "skipped")
     ]
     assert len(files) == 60, facts
     assert net - 60 <= bound, facts

@@ -7,7 +7,7 @@ import http.server
 import json
 import threading
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from airflow.triggers.base import TriggerEvent
@@ -34,7 +34,7 @@ class CreditsServer:
         server = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):  # noqa: N802
+            def do_GET(self):
                 status, headers, body = server.answer(self.path, self.headers.get("Authorization"))
                 encoded = body.encode()
                 self.send_response(status)
@@ -119,7 +119,7 @@ def test_serialize_round_trip():
 
 
 def test_classpath_imports_the_class():
-    from airflow.sdk._shared.module_loading import import_string
+    from airflow.sdk.module_loading import import_string
 
     assert import_string(CLASS_PATH) is StablecogCreditsTrigger
 
@@ -128,7 +128,7 @@ def test_classpath_imports_the_class():
     "end_time",
     [
         pytest.param("2030-01-02T03:04:05+00:00", id="iso"),
-        pytest.param(datetime(2030, 1, 2, 3, 4, 5, tzinfo=timezone.utc), id="datetime"),
+        pytest.param(datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC), id="datetime"),
         pytest.param(1893553445, id="epoch-int"),
     ],
 )
@@ -189,7 +189,7 @@ def test_polls_at_poke_interval(server):
     server.script = [(200, {}, json.dumps({"total_remaining_credits": 0}))] * 3
     server.script.append((200, {}, json.dumps({"total_remaining_credits": 5})))
     asyncio.run(only_event(trigger(required=5, poke_interval=0.2)))
-    gaps = [b - a for a, b in zip(server.hits, server.hits[1:])]
+    gaps = [b - a for a, b in zip(server.hits, server.hits[1:], strict=False)]
     assert len(gaps) == 3
     assert all(gap >= 0.18 for gap in gaps), gaps
 

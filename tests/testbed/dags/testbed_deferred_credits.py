@@ -18,7 +18,9 @@ with DAG(
     schedule=None,
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
-    params={"destination": Param("/tmp/stablecog-testbed/deferred", type="string", description="Output folder.")},
+    params={
+        "destination": Param("/tmp/stablecog-testbed/deferred", type="string", description="Output folder.")
+    },
     doc_md=__doc__,
 ) as dag:
     wait = StablecogCreditsSensor(
