@@ -63,6 +63,8 @@ _ITEM_NAME = re.compile(r"^(?P<key>[0-9a-f]{32})\.(?P<rev>[0-9a-z]+-[0-9a-f]+)\.
 IMAGE_EXTENSION = "jpg"
 #: segments kept before the next finishing task merges them into one
 MAX_SEGMENTS = 16
+#: item objects already covered by a segment that may stay before a finishing task removes them
+MAX_STALE_VERSIONS = 5000
 
 log = logging.getLogger(__name__)
 
@@ -310,6 +312,7 @@ class DestinationLedger:
         self.items = self.root / ITEMS_DIR
         self.segments = self.root / SEGMENTS_DIR
         self.loaded_segments: list[str] = []
+        self.stale_versions = 0
         self._prepared = False
 
     def prepare(self) -> None:
@@ -326,8 +329,8 @@ class DestinationLedger:
         record.rev = new_rev()
         _create(self.items / f"{record.key}.{record.rev}.json", json.dumps(record.manifest()).encode())
 
-    def write_segment(self, records: Iterable[ItemRecord]) -> str | None:
-        """One object with these records; then remove the item objects it covers."""
+    def write_segment(self, records: Iterable[ItemRecord], *, clean: bool = True) -> str | None:
+        """One object with these records; then (``clean``) remove the item objects it covers."""
         records = [r for r in records if r.rev]
         if not records:
             return None
@@ -335,6 +338,8 @@ class DestinationLedger:
         name = f"{new_rev()}-{uuid.uuid4().hex[:8]}.jsonl"
         body = "".join(json.dumps(r.manifest()) + "\n" for r in records)
         _create(self.segments / name, body.encode())
+        if not clean:
+            return name
         covered = {r.key: r.rev or "" for r in records}
         stale = []
         for entry in self._names(self.items):
@@ -347,7 +352,7 @@ class DestinationLedger:
     def compact(self, records: Mapping[str, ItemRecord], keep: int = MAX_SEGMENTS) -> None:
         """More than ``keep`` segments: merge the ones listed now into one (others' new ones stay)."""
         names = self.loaded_segments  # only what ``records`` was read from: never a newer one
-        if len(names) <= keep:
+        if len(names) <= keep and self.stale_versions <= MAX_STALE_VERSIONS:
             return
         self.write_segment(records.values())
         _remove([self.segments / name for name in names])
@@ -378,8 +383,10 @@ class DestinationLedger:
             m = _ITEM_NAME.match(entry)
             if m:
                 versions.setdefault(m["key"], []).append(m["rev"])
+        self.stale_versions = 0
         for key, revs in versions.items():
             known = best.get(key)
+            self.stale_versions += sum(1 for rev in revs if known is not None and (known.rev or "") >= rev)
             for rev in sorted(revs, reverse=True):
                 if known is not None and (known.rev or "") >= rev:
                     break
@@ -410,7 +417,10 @@ class DestinationLedger:
         body = "".join(
             json.dumps(r.manifest()) + "\n" for r in sorted(records, key=lambda r: r.input or r.key)
         )
-        write_bytes_atomic(target, body.encode("utf-8"))
+        if target.protocol in ("file", "local", ""):
+            write_bytes_atomic(target, body.encode("utf-8"))
+        else:
+            target.write_bytes(body.encode("utf-8"))  # one PUT: atomic on an object store
         return target
 
     @staticmethod
@@ -582,7 +592,9 @@ class Ledger:
         for record in extra:
             record.rev = new_rev()
             self.records[record.key] = record
-        self.dest.write_segment([*saved, *extra])
+        # the covered item objects stay until enough pile up (removing them costs a request each on
+        # some stores): a reader skips them by name, without a GET
+        self.dest.write_segment([*saved, *extra], clean=False)
         everything, _ = self.dest.load()
         self.dest.compact(everything)
         return self.dest.write_manifest(everything.values())
