@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_stablecog.exceptions import (
-    CancelledError,
+    StablecogCancelledError,
     StablecogError,
     StablecogFatalError,
     StablecogInputError,
@@ -542,7 +542,9 @@ class UpscaleBatch:
         self._slots.acquire(ticket)
         try:
             if self.stop_event.is_set() or self._fatal is not None or self._halted.is_set():
-                raise CancelledError("not sent: the batch was stopped before this request", code="cancelled")
+                raise StablecogCancelledError(
+                    "not sent: the batch was stopped before this request", code="cancelled"
+                )
             with self._lock:
                 self._sending += 1
                 self._max_in_flight = max(self._max_in_flight, self._sending)
@@ -602,7 +604,7 @@ class UpscaleBatch:
         """A sent request without an answer: maybe charged. Resend (reported) or give up on it."""
         key = record.key
         self._lost[key] += 1
-        cancelled = isinstance(exc, CancelledError) or self.stop_event.is_set()
+        cancelled = isinstance(exc, StablecogCancelledError) or self.stop_event.is_set()
         if cancelled or pending is None:
             record.fail(
                 NOT_STARTED,
@@ -639,13 +641,16 @@ class UpscaleBatch:
             if exc.code == "insufficient_credits":
                 self._balance = 0 if self._balance is None else min(self._balance, 0)
             record.fail(NOT_STARTED, exc.code, f"{record.input}: not upscaled: {exc.message}")
-        elif isinstance(exc, CancelledError) and (reason := self._fatal or self._halt_reason) is not None:
+        elif (
+            isinstance(exc, StablecogCancelledError)
+            and (reason := self._fatal or self._halt_reason) is not None
+        ):
             record.fail(
                 NOT_STARTED,
                 reason.code,
                 f"{record.input}: not started: the batch stopped on {reason.code}; fix that and clear the task to resume",
             )
-        elif isinstance(exc, CancelledError):
+        elif isinstance(exc, StablecogCancelledError):
             record.fail(NOT_STARTED, exc.code, f"{record.input}: {exc.message}")
         else:
             gave_up = (

@@ -102,7 +102,7 @@ _IMAGE_SIGNATURES = ((b"\x89PNG\r\n\x1a\n", "image/png"), (b"\xff\xd8\xff", "ima
 
 
 @dataclass(frozen=True)
-class RetryPolicy:
+class StablecogRetryPolicy:
     """Retries for transient errors only: exponential backoff with jitter, Retry-After honoured.
 
     Bounded by ``max_attempts`` (first try included) and ``max_elapsed`` seconds overall. A 429
@@ -127,6 +127,10 @@ class RetryPolicy:
         """Seconds to wait after the ``failures``-th failure (1, 2, ...): doubled, capped, jittered."""
         base = min(self.max_backoff, self.initial_backoff * 2 ** max(0, failures - 1))
         return base + (rng or random).uniform(0, self.jitter) if self.jitter > 0 else base
+
+
+#: the name of provider 0.1 (``airflow.sdk.RetryPolicy`` is another thing: Airflow task retries)
+RetryPolicy = StablecogRetryPolicy
 
 
 class RateLimiter:
@@ -925,6 +929,7 @@ __all__ = [
     "StablecogClient",
     "StablecogError",
     "StablecogResponseLostError",
+    "StablecogRetryPolicy",
     "read_timeout_warning",
     "request_was_sent",
     "route_class",

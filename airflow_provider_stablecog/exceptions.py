@@ -240,13 +240,17 @@ class StablecogAPIError(StablecogError):
     default_code = "api_error"
 
 
-class CancelledError(StablecogError):
+class StablecogCancelledError(StablecogError):
     """The batch was stopped before this request was sent; nothing was charged for it.
 
     (Its subclass :class:`ResponseAbandonedError` is the exception: sent, then abandoned.)
     """
 
     default_code = "cancelled"
+
+
+#: the name of provider 0.1 (not ``asyncio.CancelledError`` nor ``concurrent.futures.CancelledError``)
+CancelledError = StablecogCancelledError
 
 
 class ResponseAbandonedError(StablecogResponseLostError, CancelledError):

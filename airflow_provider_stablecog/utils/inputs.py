@@ -170,7 +170,7 @@ def parse_input(raw: Any, position: int = 0) -> InputItem | InvalidInput:
 
 
 def _parse_text(text: str, position: int) -> InputItem | InvalidInput:
-    if _is_uuid(text):
+    if is_uuid(text):
         return InputItem(key=text.lower(), kind="output_id", value=text.lower())
     scheme, sep, _rest = text.partition(":")
     scheme = scheme.lower()
@@ -255,7 +255,8 @@ def _known_protocol(scheme: str) -> bool:
     return scheme in known_implementations
 
 
-def _is_uuid(text: str) -> bool:
+def is_uuid(text: str) -> bool:
+    """A canonical 36-character UUID (any case): what Stablecog output IDs and model IDs look like."""
     if len(text) != 36:
         return False
     try:

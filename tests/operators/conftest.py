@@ -4,23 +4,9 @@ import pytest
 
 from airflow_provider_stablecog.emulator.testing import run_emulator
 from tests.conftest import fresh_emulator
+from tests.reliability.support import MemoryStateStore, make_context
 
-
-class MemoryStateStore(dict):
-    """Stands in for Airflow 3.3's ``context["task_state_store"]`` (same get/set contract)."""
-
-    def set(self, key, value, **_kwargs):
-        assert value is not None
-        self[key] = value
-
-
-def make_context(store=None) -> dict:
-    from airflow.sdk.execution_time.context import OutletEventAccessors
-
-    return {
-        "task_state_store": store if store is not None else MemoryStateStore(),
-        "outlet_events": OutletEventAccessors(),
-    }
+__all__ = ["MemoryStateStore", "charged", "make_context", "sample_images"]
 
 
 @pytest.fixture(scope="module")
