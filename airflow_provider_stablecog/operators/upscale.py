@@ -141,7 +141,9 @@ class UpscaleOperator(BaseOperator):
 
         self._stop = threading.Event()
         plan = plan_inputs(coerce_input_list(self.inputs))
-        context["stablecog_batch_label"] = _batch_label(plan)  # type: ignore[typeddict-unknown-key]
+        ti = context.get("ti")
+        if ti is None or getattr(ti, "map_index", -1) >= 0:  # a mapped chunk: label it; else no "Map Index"
+            context["stablecog_batch_label"] = _batch_label(plan)  # type: ignore[typeddict-unknown-key]
         self._log_invalid(plan)
         concurrency = self._concurrency()
         # the session is made at the first request: size its pool for the threads first
