@@ -141,9 +141,10 @@ class UpscaleOperator(BaseOperator):
 
         self._stop = threading.Event()
         plan = plan_inputs(coerce_input_list(self.inputs))
+        # a mapped chunk is labelled; an unmapped task renders "" (Airflow then shows no "Map Index")
         ti = context.get("ti")
-        if ti is None or getattr(ti, "map_index", -1) >= 0:  # a mapped chunk: label it; else no "Map Index"
-            context["stablecog_batch_label"] = _batch_label(plan)  # type: ignore[typeddict-unknown-key]
+        mapped = ti is None or getattr(ti, "map_index", -1) >= 0
+        context["stablecog_batch_label"] = _batch_label(plan) if mapped else ""  # type: ignore[typeddict-unknown-key]
         self._log_invalid(plan)
         concurrency = self._concurrency()
         # the session is made at the first request: size its pool for the threads first

@@ -75,6 +75,15 @@ def _check_delivery(stack, emulator, dag_id: str, run_id: str, dest: Path, bound
     assert net - 60 <= bound, facts
     assert net - 60 <= reported, facts  # every extra charge is reported (per item, in the XCom)
     assert summary["possibly_double_charged"] == reported, facts
+    # the spend report against the emulator's ledger: what the ledger knows was charged (earlier
+    # tries or runs + this try), plus at most the possibly double-charged resends
+    known = summary["credits_charged_earlier"] + summary["credits_charged_this_try"]
+    assert known <= net <= known + reported, (summary, facts)
+    # and the balance change measured by /v1/credits over the last try is that try's charges
+    # (a last try with nothing to pay for, only files to fetch again, reads no balance)
+    if "credits_before" in summary:
+        change = summary["credits_before"] - summary["credits_after"]
+        assert change == summary["credits_charged_this_try"], (summary, facts)
     assert len(manifest) == 60 and not undelivered, facts
     for record in manifest.values():
         assert Path(str(record["path"]).removeprefix("file://")).is_file(), record
