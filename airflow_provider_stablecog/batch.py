@@ -168,10 +168,6 @@ class UpscaleBatch:
         self._plan: BatchPlan | None = None
         self._lock = threading.Lock()
 
-    def result_for(self, identity: str) -> ItemRecord:
-        """The record of an input (by :attr:`InputItem.key`)."""
-        return self.results[self.key_of[identity]]
-
     # -- planning --------------------------------------------------------------------------------
 
     def plan(self) -> BatchPlan:

@@ -410,17 +410,10 @@ class DestinationLedger:
         }
 
     def write_manifest(self, records: Iterable[ItemRecord]) -> ObjectStoragePath:
-        """Replace ``manifest.jsonl`` (the human-readable view) atomically."""
-        from airflow_provider_stablecog.utils.storage import write_bytes_atomic
-
+        """Replace ``manifest.jsonl`` (the human-readable view) whole, in one write."""
         target = self.destination / MANIFEST_NAME
-        body = "".join(
-            json.dumps(r.manifest()) + "\n" for r in sorted(records, key=lambda r: r.input or r.key)
-        )
-        if target.protocol in ("file", "local", ""):
-            write_bytes_atomic(target, body.encode("utf-8"))
-        else:
-            target.write_bytes(body.encode("utf-8"))  # one PUT: atomic on an object store
+        ordered = sorted(records, key=lambda r: r.input or r.key)
+        _create(target, "".join(json.dumps(r.manifest()) + "\n" for r in ordered).encode("utf-8"))
         return target
 
     @staticmethod

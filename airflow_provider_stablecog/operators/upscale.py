@@ -195,7 +195,7 @@ class UpscaleOperator(BaseOperator):
             ti.xcom_push(key="summary", value=self.summary)
         self._emit_asset_events(context, report, destination)
         self._raise_if_incomplete(report, plan)
-        return self._xcom(plan, batch)
+        return self._xcom(plan, report)
 
     def on_kill(self) -> None:
         """Stop sending requests; every answer is already recorded; the batch writes its ledger segment and manifest on the way out."""
@@ -399,12 +399,12 @@ class UpscaleOperator(BaseOperator):
                 f"{head}; the rest are done and a retry redoes only the failures:\n  {shown}{more}"
             )
 
-    def _xcom(self, plan: InputPlan, batch: Any) -> list[dict[str, Any]]:
+    def _xcom(self, plan: InputPlan, report: BatchReport) -> list[dict[str, Any]]:
         """One compact record per input, in input order (empty fields left out)."""
         out: list[dict[str, Any]] = []
         for entry in plan.positions:
             if isinstance(entry, str):
-                out.append(batch.result_for(entry).xcom())
+                out.append(report.result_for(entry).xcom())
             else:
                 out.append({"input": entry.display, "status": "failed", "error": entry.code})
         return out

@@ -157,19 +157,6 @@ def write_manifest(
     return target
 
 
-def paid_records(destination: ObjectStoragePath | str | None) -> dict[str, dict[str, Any]]:
-    """Records of the inputs already paid for at a destination, by ledger key (see
-    :attr:`airflow_provider_stablecog.ledger.ItemRecord.paid`, the one rule)."""
-    from airflow_provider_stablecog.ledger import load_destination
-
-    return {key: r.manifest() for key, r in load_destination(destination).items() if r.paid}
-
-
-def done_keys(destination: ObjectStoragePath | str | None) -> set[str]:
-    """Ledger keys of the inputs :func:`paid_records` lists: they need no credit."""
-    return set(paid_records(destination))
-
-
 def ensure_directory(path: ObjectStoragePath, on_error: Callable[[Exception], Exception]) -> None:
     """Create the destination (a no-op on object stores) and prove it is writable."""
     try:
