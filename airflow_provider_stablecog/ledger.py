@@ -111,6 +111,8 @@ class ItemRecord:
     :param credits_charged: credits this item cost, across every try (answers that were charged).
     :param pending: nonces of requests sent and not (yet) answered. Non-empty after a crash means
         "in flight when the task died: it may have been charged".
+    :param sent_by: the task instance that sent the item's last request (``dag/run/task[/map]``),
+        so a task's spend across its tries can be read back from any store (``max_credits``).
     :param possibly_double_charged: requests of this item that may have been charged without an
         answer (in flight at a crash, or an answer lost after the server charged) and were sent
         again — each may have cost one credit more than :attr:`credits_charged` says.
@@ -130,6 +132,7 @@ class ItemRecord:
     credits_charged: int = 0
     possibly_double_charged: int = 0
     pending: list[str] = field(default_factory=list)
+    sent_by: str | None = None
     finished_at: str | None = None
     rev: str | None = None
 
@@ -139,6 +142,12 @@ class ItemRecord:
     def paid(self) -> bool:
         """Already paid for: the server answered with a result URL. Never pay for it again."""
         return bool(self.url)
+
+    @property
+    def possibly_spent(self) -> int:
+        """The most this item may have cost: its charged answers, its resends that may have been
+        charged twice, and its requests still without an answer (each may have been charged)."""
+        return self.credits_charged + self.possibly_double_charged + (0 if self.paid else len(self.pending))
 
     @property
     def in_flight_at_crash(self) -> bool:
@@ -214,7 +223,7 @@ class ItemRecord:
             record.pending = (
                 [str(n) for n in (record.pending or [])] if isinstance(record.pending, list) else []
             )
-            for name in ("output_id", "url", "path", "input", "status", "error", "message"):
+            for name in ("output_id", "url", "path", "input", "status", "error", "message", "sent_by"):
                 value = getattr(record, name)
                 if value is not None and not isinstance(value, str):
                     setattr(record, name, str(value))
@@ -247,6 +256,17 @@ def credits_needed(keys: Iterable[str], known: Mapping[str, ItemRecord], free: I
     """
     free = set(free)
     return sum(1 for k in keys if k not in free and not (k in known and known[k].paid))
+
+
+def spent_by(records: Iterable[ItemRecord], owner: str | None) -> int:
+    """The most the task instance ``owner`` may have spent on these records, across its tries.
+
+    The one rule a budget (``max_credits``) is read from: :attr:`ItemRecord.possibly_spent` of every
+    record whose last request that task sent. ``None`` (no task identity) owns nothing.
+    """
+    if owner is None:
+        return 0
+    return sum(r.possibly_spent for r in records if r.sent_by == owner)
 
 
 # -- stores ----------------------------------------------------------------------------------------
@@ -494,13 +514,18 @@ class Ledger:
         store: StateStore | None = None,
         destination: ObjectStoragePath | None = None,
         log: logging.Logger | Any | None = None,
+        owner: str | None = None,
     ) -> None:
+        """``owner``: the task instance writing (stamped as ``sent_by`` on what it sends)."""
         self.state = StateStoreLedger(store) if store is not None else None
         self.dest = DestinationLedger(destination) if destination is not None else None
         self.log = log or logging.getLogger(__name__)
+        self.owner = owner
         self.records: dict[str, ItemRecord] = {}
         self.images: set[str] = set()
         self.damaged = 0
+        #: what ``owner`` may have spent before this try, on any item (set by :meth:`load`)
+        self.spent_before = 0
         self._touched: set[str] = set()
         self._lock = threading.Lock()
 
@@ -529,6 +554,7 @@ class Ledger:
                 self.images = self.dest.images_present()
             except OSError:
                 self.images = set()
+        self.spent_before = spent_by(found.values(), self.owner)
         if keys is not None:
             wanted = set(keys)
             found = {k: r for k, r in found.items() if k in wanted}
@@ -549,6 +575,8 @@ class Ledger:
         nonce = uuid.uuid4().hex[:12]
         with self._lock:
             record.pending = [*record.pending, nonce]
+            if self.owner is not None:
+                record.sent_by = self.owner
         self.save(record)
         return nonce
 
@@ -621,4 +649,5 @@ __all__ = [
     "image_name",
     "item_key",
     "load_destination",
+    "spent_by",
 ]

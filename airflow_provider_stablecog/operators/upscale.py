@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
 
+from airflow_provider_stablecog.compat import drop_unsupported_arguments, task_identity
 from airflow_provider_stablecog.hooks.stablecog import StablecogHook
 
 if TYPE_CHECKING:
@@ -50,12 +51,18 @@ class UpscaleOperator(BaseOperator):
         concurrency + 1 (the server runs one more than the plan and holds the rest).
     :param rate_limit: requests/s for this task; default: the connection's ``rate_limit`` extra.
     :param credit_reserve: never start an upscale that could take the balance below this.
+    :param max_credits: a budget: the most this task may spend **across all its tries** (retries
+        and clears of the same task instance). What earlier tries spent is read from the ledger
+        (the state store and the destination), so a retry cannot reset it; requests that may have
+        been charged without an answer count as spent. Items past the budget are left
+        ``not_started`` (code ``max_credits``) and the task fails without retrying; the summary
+        shows budget, spent and left. ``None`` (default): no budget.
     :param max_failed_ratio: the share of items that may fail before the task fails (0.0: any
         failure fails the task, after every item was tried and the manifest saved).
     :param fail_on_not_started: fail the task when items could not be started (no credits,
         reserve reached, a fatal error), so a retry after a top-up finishes them. Default True.
     :param dry_run: send no upscale; log and return the plan (to do, already done, invalid,
-        credits needed vs. remaining).
+        credits needed vs. remaining and vs. ``max_credits``).
     :param resend_possibly_charged: what to do with an item whose request may have been charged
         without an answer: in flight when an earlier try died (SIGKILL, OOM, ``execution_timeout``)
         or its answer lost (connection reset, read timeout). ``True`` (default) sends it again, so
@@ -85,6 +92,7 @@ class UpscaleOperator(BaseOperator):
         max_concurrency: int | None = None,
         rate_limit: float | None = None,
         credit_reserve: int = 0,
+        max_credits: int | None = None,
         max_failed_ratio: float = 0.0,
         fail_on_not_started: bool = True,
         dry_run: bool = False,
@@ -96,7 +104,7 @@ class UpscaleOperator(BaseOperator):
     ) -> None:
         if kwargs.get("map_index_template") is None:
             kwargs["map_index_template"] = "{{ stablecog_batch_label }}"
-        super().__init__(**kwargs)
+        super().__init__(**drop_unsupported_arguments(kwargs))
         self.inputs = inputs
         self.destination = destination
         self.model_id = model_id
@@ -104,6 +112,7 @@ class UpscaleOperator(BaseOperator):
         self.max_concurrency = max_concurrency
         self.rate_limit = rate_limit
         self.credit_reserve = credit_reserve
+        self.max_credits = max_credits
         self.max_failed_ratio = max_failed_ratio
         self.fail_on_not_started = fail_on_not_started
         # not ``self.dry_run``: that would shadow BaseOperator.dry_run()
@@ -151,11 +160,23 @@ class UpscaleOperator(BaseOperator):
         self.hook.pool_size = max(self.hook.pool_size, concurrency + 4)
         model_id = self._checked_model_id()
         destination = self._prepare_destination()
-        ledger = Ledger(store=task_state_store(context, self.log), destination=destination, log=self.log)
+        ledger = Ledger(
+            store=task_state_store(context, self.log),
+            destination=destination,
+            log=self.log,
+            owner=task_identity(context),
+        )
+        if self.max_credits is not None and ledger.state is None and ledger.dest is None:
+            self.log.warning(
+                "max_credits=%d counts this try only: without a destination or the task state store "
+                "(Airflow 3.3) nothing records what earlier tries spent",
+                self.max_credits,
+            )
         options = BatchOptions(
             model_id=model_id,
             max_concurrency=concurrency,
             credit_reserve=self.credit_reserve,
+            max_credits=self.max_credits,
             downscale_oversized=self.downscale_oversized,
             progress_interval=self.progress_interval,
             resend_possibly_charged=self.resend_possibly_charged,
@@ -188,6 +209,13 @@ class UpscaleOperator(BaseOperator):
             if credits is not None
             else "no credit needed",
         )
+        if todo.max_credits is not None:
+            self.log.info(
+                "Budget: max_credits=%d, %d spent by earlier tries, %d left",
+                todo.max_credits,
+                todo.budget_spent,
+                todo.budget_left,
+            )
         report = batch.run(credits)
         self.summary = self._log_summary(report, plan)
         ti = context.get("ti")
@@ -288,6 +316,10 @@ class UpscaleOperator(BaseOperator):
             "credits_remaining": credits,
             "credit_reserve": self.credit_reserve,
             "enough_credits": credits is not None and credits - todo.credits_needed >= self.credit_reserve,
+            "max_credits": todo.max_credits,
+            "budget_spent": todo.budget_spent,
+            "budget_left": todo.budget_left,
+            "within_budget": todo.budget_left is None or todo.credits_needed <= todo.budget_left,
             "invalid_items": [b.message for b in plan.invalid[:MAX_ERRORS_SHOWN]]
             + [r.message for r in failed[:MAX_ERRORS_SHOWN]],
         }
@@ -313,6 +345,13 @@ class UpscaleOperator(BaseOperator):
             balance.append(("credits after", report.balance_measured_after))
             if report.credits_start is not None:
                 balance.append(("balance change", report.balance_measured_after - report.credits_start))
+        budget: list[tuple[str, Any]] = []
+        if report.max_credits is not None:
+            budget = [
+                ("budget max_credits", report.max_credits),
+                ("budget spent", report.budget_spent),
+                ("budget left", max(0, report.max_credits - report.budget_spent)),
+            ]
         rows = [
             ("inputs", len(plan.positions)),
             ("unique", len(plan.unique)),
@@ -321,6 +360,7 @@ class UpscaleOperator(BaseOperator):
             ("credits charged earlier", report.charged_before),
             ("possibly double-charged", report.possibly_double_charged),
             *balance,
+            *budget,
             ("max in flight", report.max_in_flight),
             ("elapsed", f"{report.elapsed:.1f} s"),
             ("images/s", f"{rate:.2f}"),
@@ -360,7 +400,7 @@ class UpscaleOperator(BaseOperator):
 
     def _raise_if_incomplete(self, report: BatchReport, plan: InputPlan) -> None:
         from airflow_provider_stablecog.compat import AirflowException, AirflowFailException
-        from airflow_provider_stablecog.exceptions import StablecogAuthError
+        from airflow_provider_stablecog.exceptions import StablecogAuthError, StablecogBudgetExceededError
 
         failed = [r for r in report.results.values() if r.status == "failed"]
         messages = [b.message for b in plan.invalid] + [r.message or r.error or "" for r in failed]
@@ -377,6 +417,13 @@ class UpscaleOperator(BaseOperator):
             raise AirflowFailException(
                 f"{report.fatal}. Finished images are kept ({report.counts.get('upscaled', 0)} this try)."
             )
+        if not_started and self.fail_on_not_started and all(r.error == "max_credits" for r in not_started):
+            # a retry would start nothing either: fail at once (on every Airflow line)
+            raise AirflowFailException(
+                f"{len(not_started)} of {len(plan.unique)} images were not started: max_credits={report.max_credits} "
+                f"is spent ({report.budget_spent} credits across this task's tries). Raise max_credits and clear "
+                "the task to finish them; nothing done is paid again"
+            ) from StablecogBudgetExceededError(not_started[0].message or "", code="max_credits")
         if not_started and self.fail_on_not_started:
             raise AirflowException(
                 f"{len(not_started)} of {len(plan.unique)} images were not started: {not_started[0].message}"
@@ -425,6 +472,12 @@ def _validate_static(op: UpscaleOperator) -> None:
         raise ValueError(f"max_concurrency must be a positive integer, got {op.max_concurrency!r}")
     if not isinstance(op.credit_reserve, int) or op.credit_reserve < 0:
         raise ValueError(f"credit_reserve must be an integer >= 0, got {op.credit_reserve!r}")
+    if op.max_credits is not None and (
+        not isinstance(op.max_credits, int) or isinstance(op.max_credits, bool) or op.max_credits < 0
+    ):
+        raise ValueError(
+            f"max_credits must be a whole number of credits >= 0 (or None for no budget), got {op.max_credits!r}"
+        )
     if not 0.0 <= float(op.max_failed_ratio) <= 1.0:
         raise ValueError(f"max_failed_ratio must be between 0.0 and 1.0, got {op.max_failed_ratio!r}")
     if op.rate_limit is not None and op.rate_limit < 0:

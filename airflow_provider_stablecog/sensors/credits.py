@@ -86,6 +86,8 @@ class StablecogCreditsSensor(BaseSensorOperator):
     :param destination: the destination of the upscale task (templated, only with ``inputs``);
         items its ``manifest.jsonl`` records as paid for (with a result URL) need no credit.
     :param reserve: credits to keep on top of the requirement (templated int >= 0, default 0).
+    :param max_credits: the budget of the task this sensor gates (its ``max_credits``, templated):
+        that task never spends more, so the requirement is capped at it (the log says so).
     :param deferrable: wait in the triggerer instead of a worker slot; the default comes from
         ``[operators] default_deferrable``.
     :param poke_interval: seconds between checks (default 60; credits polling shares the per-IP
@@ -94,7 +96,7 @@ class StablecogCreditsSensor(BaseSensorOperator):
         ``exponential_backoff``, ...).
     """
 
-    template_fields: Sequence[str] = ("min_credits", "inputs", "destination", "reserve")
+    template_fields: Sequence[str] = ("min_credits", "inputs", "destination", "reserve", "max_credits")
     ui_color = "#dbe7ff"
 
     def __init__(
@@ -105,11 +107,14 @@ class StablecogCreditsSensor(BaseSensorOperator):
         inputs: Any = None,
         destination: Any = None,
         reserve: int | str = 0,
+        max_credits: int | str | None = None,
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
         poke_interval: timedelta | float = DEFAULT_POKE_INTERVAL,
         **kwargs: Any,
     ) -> None:
-        super().__init__(poke_interval=poke_interval, **kwargs)
+        from airflow_provider_stablecog.compat import drop_unsupported_arguments
+
+        super().__init__(poke_interval=poke_interval, **drop_unsupported_arguments(kwargs))
         if (min_credits is None) == (inputs is None):
             given = "both" if min_credits is not None else "neither"
             raise ValueError(
@@ -122,7 +127,7 @@ class StablecogCreditsSensor(BaseSensorOperator):
                 "items already upscaled there); remove it or pass inputs instead of min_credits"
             )
         # literal values are checked now; templates are checked once rendered (in poke/execute)
-        for name, value in (("min_credits", min_credits), ("reserve", reserve)):
+        for name, value in (("min_credits", min_credits), ("reserve", reserve), ("max_credits", max_credits)):
             if value is not None and not isinstance(value, str):
                 _as_count(value, name)
         self.stablecog_conn_id = stablecog_conn_id
@@ -130,6 +135,7 @@ class StablecogCreditsSensor(BaseSensorOperator):
         self.inputs = inputs
         self.destination = destination
         self.reserve = reserve
+        self.max_credits = max_credits
         self.deferrable = deferrable
 
     @cached_property
@@ -154,10 +160,24 @@ class StablecogCreditsSensor(BaseSensorOperator):
             reserve = _as_count(self.reserve, "reserve")
             if self.inputs is None:
                 needed = _as_count(self.min_credits, "min_credits")
-                return CreditRequirement(needed, reserve, f"min_credits={needed}")
-            return self._requirement_from_inputs(reserve)
+                requirement = CreditRequirement(needed, reserve, f"min_credits={needed}")
+            else:
+                requirement = self._requirement_from_inputs(reserve)
+            if self.max_credits is None:
+                return requirement
+            budget = _as_count(self.max_credits, "max_credits")
         except (StablecogConfigError, ValueError) as exc:
             raise AirflowFailException(f"{self.task_id}: {exc}") from None
+        if requirement.needed <= budget:
+            return CreditRequirement(
+                requirement.needed, reserve, f"{requirement.detail}; within max_credits={budget}"
+            )
+        return CreditRequirement(
+            budget,
+            reserve,
+            f"{requirement.detail}; {requirement.needed} needed, capped at max_credits={budget} "
+            "(the task spends no more and leaves the rest not started)",
+        )
 
     def _requirement_from_inputs(self, reserve: int) -> CreditRequirement:
         """Credits the upscale of ``inputs`` into ``destination`` needs: the engine's own plan.
