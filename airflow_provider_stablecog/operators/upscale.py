@@ -56,7 +56,8 @@ class UpscaleOperator(BaseOperator):
         (the state store and the destination), so a retry cannot reset it; requests that may have
         been charged without an answer count as spent. Items past the budget are left
         ``not_started`` (code ``max_credits``) and the task fails without retrying; the summary
-        shows budget, spent and left. ``None`` (default): no budget.
+        shows budget, spent and left. ``None`` (default): no budget. Templated (e.g. the credits
+        a human approved: ``"{{ ti.xcom_pull(task_ids='price')['credits_needed'] }}"``).
     :param max_failed_ratio: the share of items that may fail before the task fails (0.0: any
         failure fails the task, after every item was tried and the manifest saved).
     :param fail_on_not_started: fail the task when items could not be started (no credits,
@@ -78,7 +79,7 @@ class UpscaleOperator(BaseOperator):
         totals as its event's ``extra``.
     """
 
-    template_fields: Sequence[str] = ("inputs", "destination", "model_id")
+    template_fields: Sequence[str] = ("inputs", "destination", "model_id", "max_credits")
     template_fields_renderers = {"inputs": "json"}  # noqa: RUF012 -- Airflow reads it from the class
     ui_color = "#d8c8f0"
 
@@ -92,7 +93,7 @@ class UpscaleOperator(BaseOperator):
         max_concurrency: int | None = None,
         rate_limit: float | None = None,
         credit_reserve: int = 0,
-        max_credits: int | None = None,
+        max_credits: int | str | None = None,
         max_failed_ratio: float = 0.0,
         fail_on_not_started: bool = True,
         dry_run: bool = False,
@@ -149,6 +150,7 @@ class UpscaleOperator(BaseOperator):
         from airflow_provider_stablecog.utils.inputs import coerce_input_list, plan_inputs
 
         self._stop = threading.Event()
+        max_credits = self._rendered_budget()
         plan = plan_inputs(coerce_input_list(self.inputs))
         # a mapped chunk is labelled; an unmapped task renders "" (Airflow then shows no "Map Index")
         ti = context.get("ti")
@@ -166,17 +168,17 @@ class UpscaleOperator(BaseOperator):
             log=self.log,
             owner=task_identity(context),
         )
-        if self.max_credits is not None and ledger.state is None and ledger.dest is None:
+        if max_credits is not None and ledger.state is None and ledger.dest is None:
             self.log.warning(
                 "max_credits=%d counts this try only: without a destination or the task state store "
                 "(Airflow 3.3) nothing records what earlier tries spent",
-                self.max_credits,
+                max_credits,
             )
         options = BatchOptions(
             model_id=model_id,
             max_concurrency=concurrency,
             credit_reserve=self.credit_reserve,
-            max_credits=self.max_credits,
+            max_credits=max_credits,
             downscale_oversized=self.downscale_oversized,
             progress_interval=self.progress_interval,
             resend_possibly_charged=self.resend_possibly_charged,
@@ -233,6 +235,18 @@ class UpscaleOperator(BaseOperator):
             self.hook.client.cancel()
 
     # -- steps ---------------------------------------------------------------------------------------
+
+    def _rendered_budget(self) -> int | None:
+        """``max_credits`` once rendered (a template renders to a string), or a clear error."""
+        from airflow_provider_stablecog.exceptions import StablecogConfigError
+        from airflow_provider_stablecog.utils.inputs import as_count
+
+        if self.max_credits is None or (isinstance(self.max_credits, str) and not self.max_credits.strip()):
+            return None
+        try:
+            return as_count(self.max_credits, "max_credits")
+        except ValueError as exc:
+            raise StablecogConfigError(f"{exc}; nothing was sent or charged", code="config_error") from None
 
     def _starting_credits(self) -> int:
         """The balance before the batch; a rejected key fails the task without retries."""
@@ -472,12 +486,10 @@ def _validate_static(op: UpscaleOperator) -> None:
         raise ValueError(f"max_concurrency must be a positive integer, got {op.max_concurrency!r}")
     if not isinstance(op.credit_reserve, int) or op.credit_reserve < 0:
         raise ValueError(f"credit_reserve must be an integer >= 0, got {op.credit_reserve!r}")
-    if op.max_credits is not None and (
-        not isinstance(op.max_credits, int) or isinstance(op.max_credits, bool) or op.max_credits < 0
-    ):
-        raise ValueError(
-            f"max_credits must be a whole number of credits >= 0 (or None for no budget), got {op.max_credits!r}"
-        )
+    if op.max_credits is not None and not (isinstance(op.max_credits, str) and "{{" in op.max_credits):
+        from airflow_provider_stablecog.utils.inputs import as_count
+
+        as_count(op.max_credits, "max_credits")  # a template is checked once rendered
     if not 0.0 <= float(op.max_failed_ratio) <= 1.0:
         raise ValueError(f"max_failed_ratio must be between 0.0 and 1.0, got {op.max_failed_ratio!r}")
     if op.rate_limit is not None and op.rate_limit < 0:

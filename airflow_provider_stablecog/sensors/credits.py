@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseSensorOperator, PokeReturnValue
 
 from airflow_provider_stablecog.compat import conf
+from airflow_provider_stablecog.utils.inputs import as_count
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -55,23 +56,6 @@ class CreditRequirement:
     @property
     def total(self) -> int:
         return self.needed + self.reserve
-
-
-def _as_count(value: Any, name: str) -> int:
-    """A rendered template value → a non-negative int, or a ValueError that says what to do."""
-    number: int | None = None
-    if isinstance(value, int) and not isinstance(value, bool):
-        number = value
-    elif isinstance(value, str) and value.strip().lstrip("+-").isdigit():
-        number = int(value.strip())  # templates render to strings unless render_template_as_native_obj
-    if number is None:
-        raise ValueError(
-            f"{name} must be a whole number of credits (an int >= 0), got {value!r} "
-            f"({type(value).__name__}); fix the argument or the template that renders it"
-        )
-    if number < 0:
-        raise ValueError(f"{name} must be >= 0, got {number}; pass 0 or a positive number of credits")
-    return number
 
 
 class StablecogCreditsSensor(BaseSensorOperator):
@@ -129,7 +113,7 @@ class StablecogCreditsSensor(BaseSensorOperator):
         # literal values are checked now; templates are checked once rendered (in poke/execute)
         for name, value in (("min_credits", min_credits), ("reserve", reserve), ("max_credits", max_credits)):
             if value is not None and not isinstance(value, str):
-                _as_count(value, name)
+                as_count(value, name)
         self.stablecog_conn_id = stablecog_conn_id
         self.min_credits = min_credits
         self.inputs = inputs
@@ -157,15 +141,15 @@ class StablecogCreditsSensor(BaseSensorOperator):
         from airflow_provider_stablecog.exceptions import StablecogConfigError
 
         try:
-            reserve = _as_count(self.reserve, "reserve")
+            reserve = as_count(self.reserve, "reserve")
             if self.inputs is None:
-                needed = _as_count(self.min_credits, "min_credits")
+                needed = as_count(self.min_credits, "min_credits")
                 requirement = CreditRequirement(needed, reserve, f"min_credits={needed}")
             else:
                 requirement = self._requirement_from_inputs(reserve)
             if self.max_credits is None:
                 return requirement
-            budget = _as_count(self.max_credits, "max_credits")
+            budget = as_count(self.max_credits, "max_credits")
         except (StablecogConfigError, ValueError) as exc:
             raise AirflowFailException(f"{self.task_id}: {exc}") from None
         if requirement.needed <= budget:

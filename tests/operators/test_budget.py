@@ -134,7 +134,18 @@ def test_free_output_ids_need_no_budget(emu):
     assert charged(emu) == 0
 
 
-@pytest.mark.parametrize("bad", [-1, 2.5, "10", True])
+@pytest.mark.parametrize("bad", [-1, 2.5, "ten", True])
 def test_a_bad_budget_is_refused_at_parse_time(bad):
-    with pytest.raises(ValueError, match="max_credits must be a whole number"):
+    with pytest.raises(ValueError, match="max_credits must be"):
         UpscaleOperator(task_id="u", inputs=["x"], max_credits=bad)
+
+
+def test_a_templated_budget_is_rendered_then_checked(emu, tmp_path):
+    inputs = [emu.sample_url(f"{30 + i}x27.png") for i in range(4)]
+    op = _op(inputs, tmp_path / "out", max_credits="{{ params.approved }}", fail_on_not_started=False)
+    op.max_credits = "3"  # what the template rendered to
+    records = op.execute(_context(MemoryStateStore(), FakeTI()))
+    assert [r["status"] for r in records].count("upscaled") == 3 and charged(emu) == 3
+    op.max_credits = "None"
+    with pytest.raises(ValueError, match="max_credits must be a whole number"):
+        op.execute(_context(MemoryStateStore(), FakeTI("other")))
