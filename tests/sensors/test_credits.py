@@ -49,7 +49,14 @@ def test_defaults():
     assert sensor.stablecog_conn_id == "stablecog_default"
     assert sensor.poke_interval == 60
     assert sensor.reserve == 0
-    assert set(sensor.template_fields) == {"min_credits", "inputs", "destination", "reserve"}
+    assert set(sensor.template_fields) == {
+        "min_credits",
+        "inputs",
+        "prompts",
+        "generation_defaults",
+        "destination",
+        "reserve",
+    }
 
 
 @pytest.mark.parametrize(
