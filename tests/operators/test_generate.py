@@ -211,3 +211,20 @@ def test_the_credits_sensor_sizes_prompts_by_their_outputs(emu, tmp_path):
     assert sensor().requirement().needed == 3 + 1  # what the destination already holds is paid
     with pytest.raises(ValueError, match="exactly one of"):
         StablecogCreditsSensor(task_id="s", prompts=prompts, min_credits=3)
+
+
+def test_init_images_by_output_id_local_file_and_url(emu, tmp_path):
+    from tests.operators.conftest import sample_images
+
+    local = sample_images(tmp_path, sizes=((300, 300),))[0]
+    output_id = emu.output_ids()[0]
+    prompts = [
+        {"prompt": "variation of an output", "init_image": output_id},
+        {"prompt": "variation of a file", "init_image": local, "prompt_strength": 0.8},
+        {"prompt": "variation of a URL", "init_image": emu.sample_url("300x300.png")},
+        {"prompt": "variation of nothing", "init_image": "11111111-2222-4333-8444-555555555555"},
+    ]
+    records = run(generate(prompts=prompts, num_outputs=1, max_failed_ratio=0.5))
+    assert [r["status"] for r in records] == ["generated"] * 3 + ["failed"]
+    assert records[3]["error"] == "output_not_found"  # not one of the account's outputs: never sent
+    assert charged(emu) == 3 and emu.ledger()["uploads"] == 1
