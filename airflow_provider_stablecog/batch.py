@@ -344,7 +344,10 @@ class UpscaleBatch:
         self._halt_reason: StablecogError | None = None
         self._sending = 0
         self._progress = _Progress(
-            self.log, len(plan.to_upscale) + len(plan.to_download), self.options.progress_interval
+            self.log,
+            len(plan.to_upscale) + len(plan.to_download),
+            self.options.progress_interval,
+            self.kind.noun,
         )
         # free items first: they need no credit and never block on the floor
         pending = deque(sorted(plan.to_upscale, key=lambda k: k not in plan.free))
@@ -874,8 +877,8 @@ class _OrderedSlots:
 class _Progress:
     """done / total, failures, images per second and ETA, logged every ``interval`` seconds."""
 
-    def __init__(self, log: logging.Logger, total: int, interval: float) -> None:
-        self.log, self.total, self.interval = log, total, interval
+    def __init__(self, log: logging.Logger, total: int, interval: float, unit: str = "images") -> None:
+        self.log, self.total, self.interval, self.unit = log, total, interval, unit
         self.done = self.failed = 0
         self.start = self.last = time.monotonic()
 
@@ -891,11 +894,12 @@ class _Progress:
         rate = self.done / max(now - self.start, 1e-9)
         eta = (self.total - self.done) / rate if rate > 0 else float("inf")
         self.log.info(
-            "Progress: %d/%d done, %d failed, %.2f images/s, ETA %s%s",
+            "Progress: %d/%d done, %d failed, %.2f %s/s, ETA %s%s",
             self.done,
             self.total,
             self.failed,
             rate,
+            self.unit,
             "?" if eta == float("inf") else f"{eta:.0f} s",
             "" if balance is None else f", credits left ≤ {balance}",
         )
