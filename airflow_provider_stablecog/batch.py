@@ -1,8 +1,11 @@
-"""The upscale engine behind :class:`~airflow_provider_stablecog.operators.upscale.UpscaleOperator`.
+"""The batch engine behind :class:`~airflow_provider_stablecog.operators.upscale.UpscaleOperator`
+and :class:`~airflow_provider_stablecog.operators.generate.StablecogGenerateOperator`.
 
 Its public surface is small: :meth:`UpscaleBatch.plan` (what would be done, nothing sent) and
 :meth:`UpscaleBatch.run` (do it, return a :class:`BatchReport`). Everything about money goes
-through :mod:`airflow_provider_stablecog.ledger`.
+through :mod:`airflow_provider_stablecog.ledger`. What differs between an upscale and a generation
+(how an item is sent, its cost, its outputs, how a lost answer is found again) is the batch's
+job kind (:mod:`airflow_provider_stablecog.jobs`); the default is the upscale.
 
 One coordinating thread (the caller's) decides what starts; worker threads do the I/O and make
 every record durable themselves, the moment something happens: a worker records the item as
@@ -13,7 +16,8 @@ state store and at the destination, exactly which items were answered and which 
 The coordinator starts a paid upscale only while
 
 * fewer than ``max_concurrency`` requests are in flight,
-* ``known balance − paid requests in flight − 1 ≥ credit_reserve``, where the known balance only
+* ``known balance − credits of paid requests in flight − its cost ≥ credit_reserve``, where the
+  known balance only
   goes **down** between fresh reads of ``/v1/credits`` (answers arrive out of charge order: an
   older, higher ``remaining_credits`` never replaces a newer, lower one), and a fresh read is made
   when the floor blocks work with nothing in flight (refunds may have raised it),
@@ -47,6 +51,7 @@ from airflow_provider_stablecog.exceptions import (
     StablecogResponseLostError,
     StablecogRetryableError,
 )
+from airflow_provider_stablecog.jobs import MAX_OUTPUT_PAGES, JobAnswer, JobKind  # noqa: F401 (kept importable)
 from airflow_provider_stablecog.ledger import (
     FAILED,
     NOT_STARTED,
@@ -65,12 +70,10 @@ if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
 
     from airflow_provider_stablecog.client import StablecogClient
-    from airflow_provider_stablecog.models import UpscaleResult
     from airflow_provider_stablecog.utils.inputs import InputItem, InputPlan
+    from airflow_provider_stablecog.utils.prompts import PromptPlan
 
 STOP_GRACE_SECONDS = 5.0
-# Pages of generation outputs read to know which output-ID inputs are free (300 per page).
-MAX_OUTPUT_PAGES = 20
 # A lost answer is resent at most this many times per item (each may have been charged).
 MAX_LOST_ANSWERS = 2
 
@@ -136,50 +139,66 @@ class BatchReport:
     #: the budget, and what this task may have spent in all its tries so far, this one included
     max_credits: int | None = None
     budget_spent: int = 0
+    #: the status of a finished item: ``upscaled`` or ``generated`` (the job kind's)
+    done_status: str = UPSCALED
+    #: lost answers (or requests in flight at a crash) found again in the outputs listing
+    adopted: int = 0
+    #: credits of adopted answers whose request was sent by an earlier try (charged before this one)
+    adopted_credits_earlier: int = 0
 
     def result_for(self, identity: str) -> ItemRecord:
         return self.results[self.key_of[identity]]
 
     @property
     def upscaled_now(self) -> int:
-        return self.counts.get(UPSCALED, 0)
+        """Items finished by this try (upscaled, or generated for a generation batch)."""
+        return self.counts.get(self.done_status, 0)
 
     def failures(self) -> list[ItemRecord]:
         return [r for r in self.results.values() if r.status == FAILED]
 
 
 class UpscaleBatch:
-    """One batch: ``plan()`` then ``run(credits_start)``; ``ledger`` holds what earlier tries did."""
+    """One batch: ``plan()`` then ``run(credits_start)``; ``ledger`` holds what earlier tries did.
+
+    ``kind``: the job kind (default: upscales with ``options.model_id``; a
+    :class:`~airflow_provider_stablecog.jobs.GenerateJob` with a
+    :class:`~airflow_provider_stablecog.utils.prompts.PromptPlan` runs generations).
+    """
 
     def __init__(
         self,
         client: StablecogClient,
-        plan: InputPlan,
+        plan: InputPlan | PromptPlan,
         options: BatchOptions,
         *,
         destination: ObjectStoragePath | None = None,
         ledger: Ledger | None = None,
         log: logging.Logger | Any | None = None,
         stop_event: threading.Event | None = None,
+        kind: JobKind | None = None,
     ) -> None:
         self.client = client
         self.inputs = plan
         self.options = options
+        self.kind = kind or JobKind(options.model_id)
         self.destination = destination
         self.log = log or logging.getLogger(__name__)
         self.ledger = ledger or Ledger(destination=destination, log=self.log)
         self.stop_event = stop_event or threading.Event()
         #: ledger key → the input it stands for, and the input's identity → its ledger key
-        self.items: dict[str, InputItem] = {}
+        self.items: dict[str, Any] = {}
         self.key_of: dict[str, str] = {}
         for identity, item in plan.unique.items():
-            key = item_key(identity, options.model_id)
+            key = item_key(identity, self.kind.model_of(item))
             self.items[key] = item
             self.key_of[identity] = key
         self.results: dict[str, ItemRecord] = {}
         self._uploads: dict[str, tuple[bytes | None, str]] = {}
         self._crash_pending: dict[str, list[str]] = {}
         self._lost: Counter[str] = Counter()
+        self._lost_now: set[str] = set()  # keys whose answer was lost by this try (not an earlier one)
+        self._adopted = self._adopted_earlier = 0
         self._permanent: set[str] = set()
         self._plan: BatchPlan | None = None
         self._lock = threading.Lock()
@@ -197,13 +216,16 @@ class UpscaleBatch:
         for key, item in self.items.items():
             record = known.get(key)
             if record is None:
-                record = ItemRecord(key=key, input=item.display, model_id=self.options.model_id)
+                record = ItemRecord(key=key, input=item.display, model_id=self.kind.model_of(item))
             else:
-                record.input, record.model_id = item.display, self.options.model_id
+                record.input, record.model_id = item.display, self.kind.model_of(item)
                 record.error = record.message = None
+            self.kind.stamp(item, record)
+            record.cost = self.kind.cost(item)  # what a request may cost: the budget counts unknowns at it
             self.results[key] = record
             if record.paid:
-                if self.destination is not None and not self.ledger.image_present(key):
+                outputs = len(record.output_ids) if self.kind.outputs_per_item(item) else None
+                if self.destination is not None and not self.ledger.image_present(key, outputs):
                     to_download.append(key)
                 else:
                     record.status = SKIPPED
@@ -222,11 +244,16 @@ class UpscaleBatch:
                     continue
                 self._crash_pending[key] = list(record.pending)
             record.status = NOT_STARTED
-            if item.needs_upload and not self._preflight_local(item, record):
+            upload = self.kind.upload_source(item)
+            if upload is not None and not self._preflight_local(upload, record):
                 failed.append(key)
                 continue
             to_upscale.append(key)
-        free = self._already_upscaled([k for k in to_upscale if self.items[k].kind == "output_id"])
+        free, unusable = self.kind.prepare(self.client, {k: self.items[k] for k in to_upscale}, self.log)
+        for key, (code, message) in unusable.items():
+            self._fail_permanent(self.results[key], code, message)
+            failed.append(key)
+        to_upscale = [k for k in to_upscale if k not in unusable]
         charged_before = sum(r.credits_charged for r in self.results.values())
         self._plan = BatchPlan(
             to_upscale=to_upscale,
@@ -235,7 +262,7 @@ class UpscaleBatch:
             preflight_failed=failed,
             free=free,
             in_flight_at_crash=crashed,
-            credits_needed=credits_needed(to_upscale, known, free),
+            credits_needed=credits_needed(to_upscale, known, free, self._costs(to_upscale)),
             charged_before=charged_before,
             max_credits=self.options.max_credits,
             budget_spent=self.ledger.spent_before,
@@ -250,28 +277,12 @@ class UpscaleBatch:
             )
         return self._plan
 
-    def _already_upscaled(self, output_keys: list[str]) -> set[str]:
-        """Output-ID inputs whose output already has an upscaled image: Stablecog answers those free.
+    def _costs(self, keys: list[str]) -> dict[str, int]:
+        """Each key's price (the job kind's: 1 per upscale, num_outputs per generation)."""
+        return {k: self.kind.cost(self.items[k]) for k in keys}
 
-        The server validates ``upscaled=only`` but does not filter the page by it, so every listed
-        output is checked for its ``upscaled_image_url`` here.
-        """
-        if not output_keys:
-            return set()
-        wanted = {self.items[k].value.lower(): k for k in output_keys}
-        found: set[str] = set()
-        try:
-            for output in self.client.iter_generation_outputs(
-                per_page=300, upscaled="only", limit=300 * MAX_OUTPUT_PAGES
-            ):
-                key = wanted.get(output.id.lower())
-                if key is not None and output.is_upscaled:
-                    found.add(key)
-        except StablecogError as exc:
-            self.log.info(
-                "Could not list upscaled outputs (%s); output IDs are counted as 1 credit each", exc.code
-            )
-        return found
+    def _cost(self, key: str) -> int:
+        return 0 if self._is_free(key) else self.kind.cost(self.items[key])
 
     def _preflight_local(self, item: InputItem, result: ItemRecord) -> bool:
         """Check a file to upload with Pillow; remember downscaled bytes when allowed."""
@@ -342,7 +353,7 @@ class UpscaleBatch:
         self._max_in_flight = 0
         self._charged_now = 0
         self._double_now = 0
-        self._lost_now = 0  # paid requests whose answer was lost this try: each may have been charged
+        self._lost_credits_now = 0  # credits of requests whose answer this try lost: maybe charged
         self._sent_any = False
         self._fresh_read_done = False
         # requests at the server at once; workers write the ledger outside a slot, so durable
@@ -353,7 +364,10 @@ class UpscaleBatch:
         self._halt_reason: StablecogError | None = None
         self._sending = 0
         self._progress = _Progress(
-            self.log, len(plan.to_upscale) + len(plan.to_download), self.options.progress_interval
+            self.log,
+            len(plan.to_upscale) + len(plan.to_download),
+            self.options.progress_interval,
+            self.kind.noun,
         )
         # free items first: they need no credit and never block on the floor
         pending = deque(sorted(plan.to_upscale, key=lambda k: k not in plan.free))
@@ -372,7 +386,11 @@ class UpscaleBatch:
                     break
                 self._dispatch(pending, upscales, up_pool)
                 if not upscales and not downloads:
-                    if pending and not self._over_budget(0) and self._refresh_balance():
+                    if (
+                        pending
+                        and not self._over_budget(0, self._cost(pending[0]))
+                        and self._refresh_balance()
+                    ):
                         continue
                     break  # nothing in flight and nothing may start: the rest is not started
                 done, _ = wait([*upscales, *downloads], timeout=0.5, return_when=FIRST_COMPLETED)
@@ -416,6 +434,9 @@ class UpscaleBatch:
             key_of=dict(self.key_of),
             max_credits=self.options.max_credits,
             budget_spent=self._budget_used(0),
+            done_status=self.kind.done_status,
+            adopted=self._adopted,
+            adopted_credits_earlier=self._adopted_earlier,
         )
 
     def _finish_ledger(self) -> None:
@@ -440,30 +461,33 @@ class UpscaleBatch:
             return False
         if self._is_free(key):
             return True
-        if self._over_budget(paid_in_flight):
+        if self._over_budget(paid_in_flight, self._cost(key)):
             return False
-        return self._balance is None or self._balance - paid_in_flight - 1 >= self.options.credit_reserve
+        return (
+            self._balance is None
+            or self._balance - paid_in_flight - self._cost(key) >= self.options.credit_reserve
+        )
 
     def _budget_used(self, paid_in_flight: int) -> int:
         """What this task may have spent: earlier tries, this try's charges and lost answers, in flight."""
         before = self._plan.budget_spent if self._plan is not None else 0
-        return before + self._charged_now + self._lost_now + paid_in_flight
+        return before + self._charged_now + self._lost_credits_now + paid_in_flight
 
-    def _over_budget(self, paid_in_flight: int) -> bool:
-        """One more paid request could take this task past ``max_credits``."""
+    def _over_budget(self, paid_in_flight: int, cost: int = 1) -> bool:
+        """One more paid request (of ``cost`` credits) could take this task past ``max_credits``."""
         limit = self.options.max_credits
-        return limit is not None and self._budget_used(paid_in_flight) + 1 > limit
+        return limit is not None and self._budget_used(paid_in_flight) + cost > limit
 
     def _dispatch(self, pending: deque[str], upscales: dict[Future, str], pool: ThreadPoolExecutor) -> None:
         # one item queued per slot beyond the ones at the server, so each slot is refilled at once
-        paid_in_flight = sum(1 for k in upscales.values() if not self._is_free(k))
+        paid_in_flight = sum(self._cost(k) for k in upscales.values())
         while (
             pending
             and len(upscales) < 2 * self.options.max_concurrency
             and self._may_start(pending[0], paid_in_flight)
         ):
             key = pending.popleft()
-            paid_in_flight += 0 if self._is_free(key) else 1
+            paid_in_flight += self._cost(key)
             self._tickets[key] = self._slots.ticket()
             upscales[pool.submit(self._upscale, key)] = key
             self._sent_any = True
@@ -492,7 +516,7 @@ class UpscaleBatch:
         self._balance = fresh
         return False
 
-    def _upscale(self, key: str) -> UpscaleResult:
+    def _upscale(self, key: str) -> JobAnswer:
         """Worker thread: upload if needed, record the intent, send (in dispatch order), record the answer."""
         ticket = self._tickets.pop(key)
         try:
@@ -500,25 +524,28 @@ class UpscaleBatch:
         finally:
             self._slots.forfeit(ticket)  # a no-op once the ticket was served
 
-    def _upscale_item(self, key: str, ticket: int) -> UpscaleResult:
+    def _upscale_item(self, key: str, ticket: int) -> JobAnswer:
         item, record = self.items[key], self.results[key]
-        value = item.value
-        if item.needs_upload:
+        crashed = self._crash_pending.pop(key, None)
+        if crashed and (found := self.kind.find_lost(self.client, item, record, self.log)) is not None:
+            return self._adopt(key, found, crashed)
+        value: str | None = None
+        source = self.kind.upload_source(item)
+        if source is not None:
             data, content_type = self._uploads.get(key, (None, None))
-            name = os.path.basename(item.value.rstrip("/")) or "image"
+            name = os.path.basename(source.value.rstrip("/")) or "image"
             if data is not None:
                 value = self.client.upload_image(data, filename=name, content_type=content_type)
             else:
-                with _open_source(item).open("rb") as fh:
+                with _open_source(source).open("rb") as fh:
                     value = self.client.upload_image(fh, filename=name, content_type=content_type)
-        crashed = self._crash_pending.pop(key, None)
         # the intent is written inside the slot, just before the request: a pending record then
         # means "at the server, or about to be", never "waiting for a slot"
         with self._slot(ticket):
             with self._lock:
                 if crashed:  # sent by a try that died: this resend may make it two charges
                     record.pending = [n for n in record.pending if n not in crashed]
-                    if item.kind != "output_id":  # the server never charges an output twice
+                    if self.kind.charges_again(item):  # the server never charges an output ID twice
                         record.possibly_double_charged += len(crashed)
                         self._double_now += len(crashed)
             try:
@@ -531,7 +558,7 @@ class UpscaleBatch:
                     code="destination_error",
                 ) from None
             try:
-                answer = self.client.upscale(value, model_id=self.options.model_id)
+                answer = self.kind.send(self.client, item, value)
             except StablecogResponseLostError:
                 raise  # stays pending until the coordinator decides (resend or give up)
             except BaseException:
@@ -539,21 +566,54 @@ class UpscaleBatch:
                 self._save_note(record)
                 raise
         self.ledger.settle(record, nonce)
-        output = answer.output
-        url = output.image_url if isinstance(output.image_url, str) and output.image_url else None
-        free = self._is_free(key) or (item.kind == "output_id" and bool(crashed))
+        free = self._is_free(key) or (not self.kind.charges_again(item) and bool(crashed))
+        cost = 0 if free else self.kind.cost(item)
         with self._lock:
-            record.answered(output.id, url, charged=not free)
-            if not free:
-                self._charged_now += 1
-            if url is None:
+            self._charged_now += cost
+        self._record_answer(record, answer, cost)
+        return answer
+
+    def _adopt(self, key: str, found: JobAnswer, crashed: list[str]) -> JobAnswer:
+        """A lost answer found again in the outputs listing: record it as answered, pay nothing again."""
+        record, item = self.results[key], self.items[key]
+        cost = self.kind.cost(item)
+        with self._lock:
+            record.pending = [n for n in record.pending if n not in crashed]
+            record.adopted += 1
+            self._adopted += 1
+            if key in self._lost_now:  # lost by this try: charged after credits_start
+                self._charged_now += cost
+            else:  # sent by a try that died: charged before this one, never counted
+                self._adopted_earlier += cost
+        self.log.warning(
+            "%s: its answer was lost, and its %d output(s) were found in the outputs listing; adopted "
+            "without paying again",
+            record.input,
+            len(found.outputs),
+        )
+        self._record_answer(record, found, cost)
+        return found
+
+    def _record_answer(self, record: ItemRecord, answer: JobAnswer, cost: int) -> None:
+        """Worker: the answer's outputs into the record, made durable before anything depends on it."""
+        output_id, url = answer.outputs[0]
+        url = url if isinstance(url, str) and url else None
+        with self._lock:
+            record.answered(
+                output_id,
+                url,
+                charged=cost > 0,
+                cost=cost,
+                outputs=list(answer.outputs) if answer.multi else None,
+            )
+            if url is None or (answer.multi and not all(u for _, u in answer.outputs)):
                 record.fail(
                     FAILED,
                     "invalid_output_url",
-                    f"{record.input}: the server answered output {output.id} without a usable image URL; check the output in Stablecog",
+                    f"{record.input}: the server answered output {output_id} without a usable image URL; check the output in Stablecog",
                 )
             elif self.destination is None:
-                record.status = UPSCALED
+                record.status = self.kind.done_status
         try:
             self.ledger.save(record)  # durable before anything depends on the answer
         except OSError as exc:  # the state store has it; finish() writes the destination again
@@ -563,7 +623,6 @@ class UpscaleBatch:
                 type(exc).__name__,
                 exc,
             )
-        return answer
 
     @contextlib.contextmanager
     def _slot(self, ticket: int) -> Iterator[None]:
@@ -600,7 +659,7 @@ class UpscaleBatch:
         """Coordinator: account for an answer, then queue its download (``pool``: None after a stop)."""
         record = self.results[key]
         try:
-            answer: UpscaleResult = future.result()
+            answer: JobAnswer = future.result()
         except StablecogResponseLostError as exc:
             self._on_lost(record, exc, pending)
             return
@@ -635,7 +694,7 @@ class UpscaleBatch:
         self._lost[key] += 1
         if not self._is_free(key):
             with self._lock:
-                self._lost_now += 1
+                self._lost_credits_now += self._cost(key)
         cancelled = isinstance(exc, StablecogCancelledError) or self.stop_event.is_set()
         if cancelled or pending is None:
             record.fail(
@@ -648,6 +707,7 @@ class UpscaleBatch:
         if self.options.resend_possibly_charged and self._lost[key] <= MAX_LOST_ANSWERS:
             with self._lock:
                 self._crash_pending[key] = list(record.pending)
+                self._lost_now.add(key)
             self.log.warning("%s — resending it (reported as possibly double-charged)", exc.message)
             pending.appendleft(key)
             return
@@ -705,19 +765,27 @@ class UpscaleBatch:
             self.log.debug("Could not record %s for %s (%s)", record.error, record.input, exc)
 
     def _download(self, key: str) -> tuple[str, int, int]:
-        """Worker: stream the result under a safe name, verify it, rename it into place, record it."""
+        """Worker: stream each result under a safe name, verify it, rename it into place, record it."""
         record = self.results[key]
         assert self.destination is not None and record.url
-        target = self.destination / image_name(key)
-        with AtomicWrite(target) as writer:
-            self.client.download(record.url, writer.open)
-            with writer.temp.open("rb") as fh:
-                width, height = images.image_size(fh)
-        path = target.path if target.protocol in ("file", "local") else str(target)
+        multi = bool(record.output_ids)
+        first: tuple[str, int, int] | None = None
+        for index, url in enumerate(record.result_urls()):
+            target = self.destination / image_name(key, index if multi else None)
+            with AtomicWrite(target) as writer:
+                self.client.download(url, writer.open)
+                with writer.temp.open("rb") as fh:
+                    width, height = images.image_size(fh)
+            path = target.path if target.protocol in ("file", "local") else str(target)
+            first = first or (path, width, height)
+            if multi:
+                with self._lock:
+                    record.downloaded_output(index, path)
+        assert first is not None
         with self._lock:
-            record.downloaded(path, width, height)
+            record.downloaded(*first, status=self.kind.done_status)
         self.ledger.save(record)
-        return path, width, height
+        return first
 
     def _on_downloaded(self, key: str, future: Future) -> None:
         record = self.results[key]
@@ -749,7 +817,7 @@ class UpscaleBatch:
         record.fail(
             FAILED,
             code,
-            f"{record.input}: upscaled (output {record.output_id}) but {what}; a retry downloads it again without paying",
+            f"{record.input}: {self.kind.done_status} (output {record.output_id}) but {what}; a retry downloads it again without paying",
         )
         self._save_note(record)
         self.log.warning("%s", record.message)
@@ -762,7 +830,7 @@ class UpscaleBatch:
             code, why = self._fatal.code, f"the batch stopped on {self._fatal.code}"
         elif self.stop_event.is_set():
             code, why = "cancelled", "the task was stopped"
-        elif self._over_budget(0):
+        elif self._over_budget(0, self._cost(pending[0])):
             used = self._budget_used(0)
             for key in pending:
                 record = self.results[key]
@@ -802,13 +870,13 @@ class UpscaleBatch:
                     record.fail(
                         NOT_STARTED,
                         "cancelled",
-                        f"{record.input}: upscaled (output {record.output_id}) but the task was stopped before the download; a retry or a new run with the same destination downloads it without paying",
+                        f"{record.input}: {self.kind.done_status} (output {record.output_id}) but the task was stopped before the download; a retry or a new run with the same destination downloads it without paying",
                     )
             else:
                 self._on_downloaded(downloads.pop(future), future)
         for key in [*upscales.values(), *downloads.values()]:
             record = self.results[key]
-            if record.status != UPSCALED:
+            if record.status != self.kind.done_status:
                 record.fail(
                     NOT_STARTED,
                     "cancelled",
@@ -865,8 +933,8 @@ class _OrderedSlots:
 class _Progress:
     """done / total, failures, images per second and ETA, logged every ``interval`` seconds."""
 
-    def __init__(self, log: logging.Logger, total: int, interval: float) -> None:
-        self.log, self.total, self.interval = log, total, interval
+    def __init__(self, log: logging.Logger, total: int, interval: float, unit: str = "images") -> None:
+        self.log, self.total, self.interval, self.unit = log, total, interval, unit
         self.done = self.failed = 0
         self.start = self.last = time.monotonic()
 
@@ -882,11 +950,12 @@ class _Progress:
         rate = self.done / max(now - self.start, 1e-9)
         eta = (self.total - self.done) / rate if rate > 0 else float("inf")
         self.log.info(
-            "Progress: %d/%d done, %d failed, %.2f images/s, ETA %s%s",
+            "Progress: %d/%d done, %d failed, %.2f %s/s, ETA %s%s",
             self.done,
             self.total,
             self.failed,
             rate,
+            self.unit,
             "?" if eta == float("inf") else f"{eta:.0f} s",
             "" if balance is None else f", credits left ≤ {balance}",
         )

@@ -20,8 +20,9 @@ Money rules (issue #18):
   ``RetryPolicy.rate_limit_budget`` seconds), and it slows every thread of the client (the
   limiter of that route class halves its rate, pauses for ``Retry-After`` and recovers
   additively; waiting threads restart spaced, not together).
-* A charging request (``POST /v1/image/upscale/create``) whose answer is lost after sending is
-  never resent by the client: it raises :class:`StablecogResponseLostError` (``response_lost``).
+* A charging request (``POST /v1/image/upscale/create``, ``POST /v1/image/generation/create``)
+  whose answer is lost after sending is never resent by the client: it raises
+  :class:`StablecogResponseLostError` (``response_lost``).
 * The worker failing twice on the same input raises :class:`ImageProbablyBrokenError`.
 """
 
@@ -37,6 +38,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -58,8 +60,11 @@ from airflow_provider_stablecog.exceptions import (
 )
 from airflow_provider_stablecog.models import (
     Credits,
+    GenerationDefaults,
+    GenerationModel,
     GenerationOutput,
     GenerationOutputsPage,
+    GenerationResult,
     UpscaleModel,
     UpscaleResult,
 )
@@ -649,6 +654,67 @@ class StablecogClient:
                 "HTTP 200 without outputs",
             ) from None
 
+    def generate(
+        self,
+        prompt: str,
+        *,
+        negative_prompt: str | None = None,
+        model_id: str | None = None,
+        width: int | None = None,
+        height: int | None = None,
+        num_outputs: int | None = None,
+        guidance_scale: float | None = None,
+        scheduler_id: str | None = None,
+        seed: int | None = None,
+        init_image_url: str | None = None,
+        prompt_strength: float | None = None,
+        inference_steps: int | None = None,
+    ) -> GenerationResult:
+        """``POST /v1/image/generation/create``: text- or image-to-image (``num_outputs`` credits; synchronous).
+
+        Only the arguments given are sent; the server fills the rest from the model's defaults.
+        Send ``width`` and ``height`` with a ``model_id``: the server crashes on an unknown model
+        when they are omitted. The values are not checked here (see
+        :mod:`airflow_provider_stablecog.utils.prompts` for the contract's limits).
+
+        :raises StablecogResponseLostError: sent, answer lost: maybe charged, not resent here.
+        """
+        body: dict[str, Any] = {"prompt": prompt}
+        optional = {
+            "negative_prompt": negative_prompt,
+            "model_id": model_id,
+            "width": width,
+            "height": height,
+            "num_outputs": num_outputs,
+            "guidance_scale": guidance_scale,
+            "scheduler_id": scheduler_id,
+            "seed": seed,
+            "init_image_url": init_image_url,
+            "prompt_strength": prompt_strength,
+            "inference_steps": inference_steps,
+        }
+        body.update({k: v for k, v in optional.items() if v is not None})
+        what = f"generation of {_shorten(prompt)!r}"
+        data = self._request("POST", "/v1/image/generation/create", json=body, context=what, charging=True)
+        try:
+            return GenerationResult.from_json(data)
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise lost_answer_error(
+                what, "POST", "/v1/image/generation/create", "HTTP 200 without outputs"
+            ) from None
+
+    def list_generation_models(self) -> list[GenerationModel]:
+        """``GET /v1/image/generation/models`` (no auth): active, visible models."""
+        data = self._request("GET", "/v1/image/generation/models", auth=False, context="generation models")
+        return [GenerationModel.from_json(m) for m in data.get("models") or () if isinstance(m, dict)]
+
+    def get_generation_defaults(self) -> GenerationDefaults:
+        """``GET /v1/image/generation/defaults`` (no auth)."""
+        data = self._request(
+            "GET", "/v1/image/generation/defaults", auth=False, context="generation defaults"
+        )
+        return GenerationDefaults.from_json(data)
+
     def get_credits(self) -> Credits:
         """``GET /v1/credits``: the remaining credits of the key's account."""
         return Credits.from_json(self._request("GET", "/v1/credits", context="credits"))
@@ -701,19 +767,32 @@ class StablecogClient:
         return str(data["object"])
 
     def list_generation_outputs(
-        self, *, per_page: int = 50, cursor: str | None = None, upscaled: str = "any"
+        self,
+        *,
+        per_page: int = 50,
+        cursor: str | None = None,
+        upscaled: str = "any",
+        order: str = "desc",
+        model_ids: list[str] | None = None,
     ) -> GenerationOutputsPage:
         """One page of ``GET /v1/image/generation/outputs`` (``upscaled``: only, not or any).
 
         The server validates ``upscaled`` but does not apply it to the page (only to ``total``),
         so the client filters the page itself by ``upscaled_image_url``: a page can hold fewer
-        than ``per_page`` outputs and still have a ``next_cursor``.
+        than ``per_page`` outputs and still have a ``next_cursor``. ``order`` (``desc``, newest
+        generation first, or ``asc``) and ``model_ids`` are applied by the server.
         """
         if not 1 <= per_page <= 300:
             raise StablecogConfigError(f"per_page must be 1..300, got {per_page}")
         if upscaled not in ("only", "not", "any"):
             raise StablecogConfigError(f"upscaled must be 'only', 'not' or 'any', got {upscaled!r}")
+        if order not in ("desc", "asc"):
+            raise StablecogConfigError(f"order must be 'desc' or 'asc', got {order!r}")
         params: dict[str, Any] = {"per_page": per_page, "upscaled": upscaled}
+        if order != "desc":
+            params["order"] = order
+        if model_ids:
+            params["model_ids"] = ",".join(model_ids)
         if cursor:
             params["cursor"] = cursor
         data = self._request(
@@ -726,13 +805,20 @@ class StablecogClient:
         return GenerationOutputsPage(outputs=kept, next_cursor=page.next_cursor, total=page.total)
 
     def iter_generation_outputs(
-        self, *, per_page: int = 50, upscaled: str = "any", limit: int | None = None
+        self,
+        *,
+        per_page: int = 50,
+        upscaled: str = "any",
+        limit: int | None = None,
+        model_ids: list[str] | None = None,
     ) -> Iterator[GenerationOutput]:
-        """Every generation output, following the cursor (at most ``limit``)."""
+        """Every generation output, newest generation first, following the cursor (at most ``limit``)."""
         cursor: str | None = None
         count = 0
         while True:
-            page = self.list_generation_outputs(per_page=per_page, cursor=cursor, upscaled=upscaled)
+            page = self.list_generation_outputs(
+                per_page=per_page, cursor=cursor, upscaled=upscaled, model_ids=model_ids
+            )
             for output in page.outputs:
                 if limit is not None and count >= limit:
                     return
@@ -741,6 +827,43 @@ class StablecogClient:
             if not page.next_cursor or page.next_cursor == cursor:
                 return
             cursor = page.next_cursor
+
+    def find_generation_outputs(
+        self,
+        *,
+        prompt: str,
+        seed: int,
+        created_after: datetime,
+        width: int | None = None,
+        height: int | None = None,
+        model_id: str | None = None,
+        max_outputs: int = 3000,
+    ) -> list[list[GenerationOutput]]:
+        """The account's generations matching a request, newest first; each one a list of its outputs.
+
+        How a lost answer is found again: ``prompt`` (as the server cleaned it) and ``seed`` match,
+        size and model too when given, and the generation was created (its credits taken) at or
+        after ``created_after`` (the time just before sending, less any clock skew). Pages are
+        read from the first (300 per page) and the listing stops at the first generation older
+        than ``created_after`` or after ``max_outputs`` outputs.
+        """
+        groups: dict[str, list[GenerationOutput]] = {}
+        for output in self.iter_generation_outputs(
+            per_page=300, limit=max_outputs, model_ids=[model_id] if model_id else None
+        ):
+            created = _parse_time(output.generation_created_at or output.created_at)
+            if created is not None and created < created_after:
+                break  # pages are sorted by generation.created_at, newest first
+            if output.prompt != prompt or output.seed != seed:
+                continue
+            if (width is not None and output.width not in (None, width)) or (
+                height is not None and output.height not in (None, height)
+            ):
+                continue
+            if model_id and output.model_id and output.model_id.lower() != model_id.lower():
+                continue
+            groups.setdefault(output.generation_id or output.id, []).append(output)
+        return list(groups.values())
 
     def health(self) -> bool:
         """``GET /v1/health``: True when the API says ``ok``."""
@@ -842,6 +965,22 @@ def explain_abandoned() -> str:
     from airflow_provider_stablecog.exceptions import explain
 
     return explain("response_abandoned")
+
+
+def _shorten(text: str, limit: int = 60) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _parse_time(value: str | None) -> datetime | None:
+    """An RFC 3339 time of the API (``2024-01-01T00:00:00.000Z``) as an aware datetime, or None."""
+    if not value:
+        return None
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 def _number(value: str | None) -> float | None:

@@ -10,6 +10,11 @@
    (SQLite) whose dags folder holds a copy of the example DAG;
 4. stops the emulator and leaves the upscaled images, ``manifest.jsonl`` and a before/after
    ``contact_sheet.png`` in ``<out>`` (default ``./demo-output``), checking every output is 4×.
+
+``--dag example_stablecog_generate_upscale`` runs the generation example instead: prompts from
+its catalogue → credits sensor → generate → upscale by output ID → contact sheet of each
+generated image beside its upscale, in ``<out>/results`` (it checks every upscale is 4× its
+generated image).
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ from typing import Any
 
 DAG_ID = "example_stablecog_scheduled_batch"
 DAG_FILE = f"{DAG_ID}.py"
+GENERATE_DAG_ID = "example_stablecog_generate_upscale"
+DEMO_DAGS = (DAG_ID, GENERATE_DAG_ID)
 SAMPLE_SIZES = ("256x192.png", "192x256.jpg", "320x240.webp", "200x200.png", "512x384.jpg", "160x120.png")
 
 
@@ -55,7 +62,11 @@ def _backend(credits: int) -> Iterator[tuple[str, Any]]:
     print("Stopped the emulator")
 
 
-def run_demo(out: Path, *, credits: int = 100, timeout: float = 600) -> int:
+def run_demo(out: Path, *, credits: int = 100, timeout: float = 600, dag_id: str = DAG_ID) -> int:
+    if dag_id == GENERATE_DAG_ID:
+        return run_generate_demo(out, credits=credits, timeout=timeout)
+    if dag_id != DAG_ID:
+        raise SystemExit(f"unknown demo DAG {dag_id!r}; choose one of {', '.join(DEMO_DAGS)}")
     from airflow_provider_stablecog.emulator.imaging import write_sample_images
     from airflow_provider_stablecog.testing.airflow_sandbox import AirflowSandbox
 
@@ -88,6 +99,75 @@ def run_demo(out: Path, *, credits: int = 100, timeout: float = 600) -> int:
         print(f"The demo DAG failed; full log: {out / 'airflow-dags-test.log'}", file=sys.stderr)
         return 1
     return _report(out, upscaled, ledger)
+
+
+def run_generate_demo(out: Path, *, credits: int = 100, timeout: float = 600) -> int:
+    """The generation example end to end: its prompts, generated and upscaled images, contact sheet."""
+    from airflow_provider_stablecog.testing.airflow_sandbox import AirflowSandbox
+
+    out = out.resolve()
+    if out.exists():
+        shutil.rmtree(out)
+    results = out / "results"
+    results.mkdir(parents=True)
+    with (
+        tempfile.TemporaryDirectory(prefix="stablecog-demo-airflow-") as home,
+        _backend(credits) as (conn, emulator),
+    ):
+        sandbox = AirflowSandbox(Path(home), Path(home) / "dags")
+        examples = find_example_dags()
+        shutil.copy(examples / f"{GENERATE_DAG_ID}.py", sandbox.dags_folder / f"{GENERATE_DAG_ID}.py")
+        shutil.copytree(examples / "data", sandbox.dags_folder / "data")
+        sandbox.set_connection_env("stablecog_default", conn)
+        print("Migrating a throwaway Airflow metadata DB (SQLite)...")
+        sandbox.migrate()
+        print(f"Running: airflow dags test {GENERATE_DAG_ID}")
+        result = sandbox.dags_test(GENERATE_DAG_ID, conf={"destination": str(results)}, timeout=timeout)
+        (out / "airflow-dags-test.log").write_text(result.output)
+        states = sandbox.task_states(GENERATE_DAG_ID, result.run_id) if result.run_id else {}
+        ledger = emulator.ledger() if emulator is not None else None
+    print(f"DAG run {result.run_id}: {result.state}; tasks: {json.dumps(states)}")
+    if not result.ok:
+        print(result.tail(4000), file=sys.stderr)
+        print(f"The demo DAG failed; full log: {out / 'airflow-dags-test.log'}", file=sys.stderr)
+        return 1
+    return _report_generated(results, ledger)
+
+
+def _report_generated(results: Path, ledger: dict | None) -> int:
+    from PIL import Image
+
+    from airflow_provider_stablecog.utils.storage import read_manifest
+
+    generated = [r for r in read_manifest(str(results / "generated")).values() if r.get("paths")]
+    upscaled = {
+        r["input"]: r["path"] for r in read_manifest(str(results / "upscaled")).values() if r.get("path")
+    }
+    pairs = [
+        (path, upscaled.get(output_id))
+        for r in generated
+        for output_id, path in zip(r["output_ids"], r["paths"], strict=False)
+    ]
+    bad = []
+    for source, target in pairs:
+        if target is None:
+            bad.append(f"{source}: not upscaled")
+            continue
+        with Image.open(source) as a, Image.open(target) as b:
+            if b.size != (4 * a.width, 4 * a.height):
+                bad.append(f"{source}: {a.size} -> {b.size}")
+    print(f"\n{len(generated)} prompts generated {len(pairs)} images; {len(upscaled)} upscaled by output ID")
+    for r in generated:
+        print(f"  {r['input']}: {len(r['paths'])} image(s)")
+    if ledger is not None:
+        print(f"Emulator ledger: {ledger['net_charged']} credits charged, {ledger['balance']} left")
+    sheet = results / "contact_sheet.png"
+    print(f"Contact sheet: {sheet}")
+    if bad or not pairs or not sheet.is_file():
+        print("Not every generated image has a 4x upscale:\n  " + "\n  ".join(bad), file=sys.stderr)
+        return 1
+    print(f"Every upscale is exactly 4x its generated image. Results are in {results}")
+    return 0
 
 
 def _report(out: Path, upscaled: Path, ledger: dict | None) -> int:
@@ -125,8 +205,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="demo-output", help="folder for the results (default ./demo-output)")
     parser.add_argument("--credits", type=int, default=100, help="the emulator account's starting credits")
     parser.add_argument("--timeout", type=float, default=600, help="seconds allowed for the DAG run")
+    parser.add_argument(
+        "--dag", default=DAG_ID, choices=DEMO_DAGS, help=f"the example DAG to run (default {DAG_ID})"
+    )
     args = parser.parse_args(argv)
-    return run_demo(Path(args.out), credits=args.credits, timeout=args.timeout)
+    return run_demo(Path(args.out), credits=args.credits, timeout=args.timeout, dag_id=args.dag)
 
 
 if __name__ == "__main__":

@@ -80,11 +80,27 @@ CODE_EXPLANATIONS: dict[str, str] = {
         "the request body could not be parsed (for example a model_id that is not a UUID); "
         "check the arguments"
     ),
+    "nsfw_prompt": (
+        "Stablecog's moderation refused this prompt (nothing was charged); reword the prompt of this item"
+    ),
+    "invalid_scheduler_id": (
+        "the scheduler_id is not one of the model's schedulers; list them with "
+        "StablecogHook().list_generation_models() or leave scheduler_id unset"
+    ),
+    "invalid_init_image_url": (
+        "the init image is not an http(s) URL or an s3:// upload key of this account; fix the item's init_image"
+    ),
+    "invalid_mask_image_url": "the mask image is not an http(s) URL or an s3:// upload key of this account",
+    "init_image_not_owned": (
+        "the init image's s3:// upload key belongs to another account (or its URL has no host); "
+        "upload the image again with this connection's API key"
+    ),
+    "mask_image_not_found": "the mask image's s3:// upload key is unknown; upload the image again",
     "invalid_file": "the uploaded file is not a JPEG, PNG or WebP image",
     "image_too_large": "the uploaded file is larger than 10 MiB; downscale or recompress it",
     "rate_limited": "the per-IP rate limit was hit; lower rate_limit (this is retried after Retry-After)",
-    "TIMEOUT": ("the upscale worker took longer than 240 s; the credit was refunded (this is retried)"),
-    "unknown_error": "the upscale worker failed; the credit was refunded (this is retried)",
+    "TIMEOUT": ("the worker took longer than 240 s; the credits were refunded (this is retried)"),
+    "unknown_error": "the worker failed; the credits were refunded (this is retried)",
     "bad_gateway": "the Stablecog service or its proxy is unavailable (this is retried)",
     "connection_error": "the Stablecog API could not be reached or the answer was cut off",
     "response_lost": (
@@ -115,6 +131,12 @@ INPUT_ERROR_CODES = frozenset(
         "image_not_owned",
         "invalid_file",
         "image_too_large",
+        "nsfw_prompt",
+        "invalid_scheduler_id",
+        "invalid_init_image_url",
+        "invalid_mask_image_url",
+        "init_image_not_owned",
+        "mask_image_not_found",
     }
 )
 WORKER_FAILURE_CODES = frozenset({"An unknown error has occured", "unknown_error"})
@@ -335,7 +357,8 @@ def error_from_response(
         cls = InsufficientCreditsError
     elif code == "queue_limit_reached":
         cls = QueueLimitError
-    elif code in INPUT_ERROR_CODES:
+    elif code in INPUT_ERROR_CODES or (status_code == 400 and code is not None and " " in code.strip()):
+        # the generation route answers bad sizes, guidance or steps with a sentence, not a code
         cls = StablecogInputError
     elif status_code in (401, 403):
         cls, code = StablecogAuthError, code or "Unauthorized"

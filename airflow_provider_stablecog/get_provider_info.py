@@ -25,7 +25,7 @@ def get_provider_info() -> dict[str, Any]:
     return {
         "package-name": "airflow-provider-stablecog",
         "name": "Stablecog",
-        "description": "Upscale images with the Stablecog API: hook, UpscaleOperator, credits sensor.",
+        "description": "Generate and upscale images with the Stablecog API: hook, StablecogGenerateOperator, UpscaleOperator, credits sensor.",
         "versions": [__version__],
         "integrations": [
             {
@@ -43,7 +43,10 @@ def get_provider_info() -> dict[str, Any]:
         "operators": [
             {
                 "integration-name": "Stablecog",
-                "python-modules": ["airflow_provider_stablecog.operators.upscale"],
+                "python-modules": [
+                    "airflow_provider_stablecog.operators.upscale",
+                    "airflow_provider_stablecog.operators.generate",
+                ],
             }
         ],
         "sensors": [

@@ -51,6 +51,8 @@ if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
 
 UPSCALED, SKIPPED, FAILED, NOT_STARTED = "upscaled", "skipped", "failed", "not_started"
+#: the done status of a generation item (the engine's job kind says which one applies)
+GENERATED = "generated"
 LEDGER_DIR = ".stablecog"
 ITEMS_DIR = "items"
 SEGMENTS_DIR = "segments"
@@ -59,6 +61,7 @@ STATE_PREFIX = "stablecog.ledger"
 #: Airflow's default ``[state_store] max_value_storage_bytes``; one record is far below it.
 STATE_VALUE_LIMIT = 65535
 _KEY = re.compile(r"^[0-9a-f]{32}$")
+_IMAGE_STEM = re.compile(r"^[0-9a-f]{32}(-[0-9]+)?$")
 _ITEM_NAME = re.compile(r"^(?P<key>[0-9a-f]{32})\.(?P<rev>[0-9a-z]+-[0-9a-f]+)\.json$")
 IMAGE_EXTENSION = "jpg"
 #: segments kept before the next finishing task merges them into one
@@ -79,9 +82,12 @@ def item_key(identity: str, model_id: str | None = None) -> str:
     return hashlib.sha256(f"{model}\n{identity}".encode()).hexdigest()[:32]
 
 
-def image_name(key: str) -> str:
-    """The image file of a key at the destination: safe, deterministic, never from the server."""
-    return f"{key}.{IMAGE_EXTENSION}"
+def image_name(key: str, index: int | None = None) -> str:
+    """The image file of a key at the destination: safe, deterministic, never from the server.
+
+    ``index``: output ``index`` of a job with several outputs (``<key>-<index>.jpg``).
+    """
+    return f"{key}.{IMAGE_EXTENSION}" if index is None else f"{key}-{index}.{IMAGE_EXTENSION}"
 
 
 def _now() -> str:
@@ -113,9 +119,20 @@ class ItemRecord:
         "in flight when the task died: it may have been charged".
     :param sent_by: the task instance that sent the item's last request (``dag/run/task[/map]``),
         so a task's spend across its tries can be read back from any store (``max_credits``).
+    :param cost: the credits one request for this item costs when charged (an upscale 1, a
+        generation its ``num_outputs``).
     :param possibly_double_charged: requests of this item that may have been charged without an
         answer (in flight at a crash, or an answer lost after the server charged) and were sent
-        again — each may have cost one credit more than :attr:`credits_charged` says.
+        again — each may have cost its price once more than :attr:`credits_charged` says.
+    :param output_ids: every output of a job with several (a generation); ``output_id`` and
+        ``url`` are then its first. Empty for an upscale (one output).
+    :param urls: the result URLs of ``output_ids``, in the same order.
+    :param paths: where each of them was written at the destination, in the same order.
+    :param seed: the seed a generation was sent with (set by the provider when none was given).
+    :param sent_at: when the oldest request still in :attr:`pending` was recorded (UTC, ISO 8601):
+        a lost answer is looked for among the outputs created after it.
+    :param adopted: answers lost (or in flight at a crash) that were found again in Stablecog's
+        outputs listing and adopted instead of paying again.
     """
 
     key: str
@@ -133,8 +150,15 @@ class ItemRecord:
     possibly_double_charged: int = 0
     pending: list[str] = field(default_factory=list)
     sent_by: str | None = None
+    cost: int = 1
     finished_at: str | None = None
     rev: str | None = None
+    output_ids: list[str] = field(default_factory=list)
+    urls: list[str] = field(default_factory=list)
+    paths: list[str] = field(default_factory=list)
+    seed: int | None = None
+    sent_at: str | None = None
+    adopted: int = 0
 
     # -- the one rule --------------------------------------------------------------------------
 
@@ -147,7 +171,8 @@ class ItemRecord:
     def possibly_spent(self) -> int:
         """The most this item may have cost: its charged answers, its resends that may have been
         charged twice, and its requests still without an answer (each may have been charged)."""
-        return self.credits_charged + self.possibly_double_charged + (0 if self.paid else len(self.pending))
+        unknown = self.possibly_double_charged + (0 if self.paid else len(self.pending))
+        return self.credits_charged + unknown * max(1, self.cost)
 
     @property
     def in_flight_at_crash(self) -> bool:
@@ -160,16 +185,44 @@ class ItemRecord:
         self.status, self.error, self.message = status, code, message
         self.finished_at = _now()
 
-    def downloaded(self, path: str, width: int, height: int) -> None:
+    def downloaded(self, path: str, width: int, height: int, *, status: str = UPSCALED) -> None:
+        """Every output is at the destination: ``path`` is the first; a multi-output job's are in
+        :attr:`paths` (see :meth:`downloaded_output`)."""
         self.path, self.width, self.height = path, width, height
-        self.status, self.error, self.message = UPSCALED, None, None
+        self.status, self.error, self.message = status, None, None
         self.finished_at = _now()
 
-    def answered(self, output_id: str, url: str | None, *, charged: bool) -> None:
+    def downloaded_output(self, index: int, path: str) -> None:
+        """Output ``index`` of a multi-output job was written to ``path``."""
+        while len(self.paths) <= index:
+            self.paths.append("")
+        self.paths[index] = path
+
+    def answered(
+        self,
+        output_id: str,
+        url: str | None,
+        *,
+        charged: bool,
+        cost: int = 1,
+        outputs: list[tuple[str, str | None]] | None = None,
+    ) -> None:
+        """The server answered: ``output_id``/``url`` (the first output), ``cost`` credits if ``charged``.
+
+        ``outputs``: every output of a job with several (a generation), first included.
+        """
         self.output_id, self.url = output_id, url
-        self.credits_charged += 1 if charged else 0
+        if outputs is not None:
+            self.output_ids = [o for o, _ in outputs]
+            self.urls = [u or "" for _, u in outputs]
+            self.paths = []
+        self.credits_charged += cost if charged else 0
         self.error = self.message = None
         self.finished_at = _now()
+
+    def result_urls(self) -> list[str]:
+        """The URL of every output (one for an upscale)."""
+        return list(self.urls) if self.urls else ([self.url] if self.url else [])
 
     # -- views -----------------------------------------------------------------------------------
 
@@ -181,14 +234,20 @@ class ItemRecord:
 
     def xcom(self) -> dict[str, Any]:
         """The compact XCom record: no image bytes, no secrets, empty fields left out."""
+        multi = bool(self.output_ids)  # a generation: the lists say it all
         record = {
             "input": self.input,
             "status": self.status,
-            "output_id": self.output_id,
-            "url": self.url,
-            "path": self.path,
+            "output_id": None if multi else self.output_id,
+            "url": None if multi else self.url,
+            "path": None if multi else self.path,
             "error": self.error,
             "possibly_double_charged": self.possibly_double_charged or None,
+            "output_ids": self.output_ids or None,
+            "urls": self.urls or None,
+            "paths": self.paths or None,
+            "seed": self.seed,
+            "adopted": self.adopted or None,
         }
         return {k: v for k, v in record.items() if v is not None}
 
@@ -220,9 +279,15 @@ class ItemRecord:
             record = cls(**values)
             record.credits_charged = int(record.credits_charged or 0)
             record.possibly_double_charged = int(record.possibly_double_charged or 0)
+            record.cost = max(1, int(record.cost or 1))
+            record.adopted = int(record.adopted or 0)
+            record.seed = None if record.seed is None else int(record.seed)
             record.pending = (
                 [str(n) for n in (record.pending or [])] if isinstance(record.pending, list) else []
             )
+            for name in ("output_ids", "urls", "paths"):
+                value = getattr(record, name)
+                setattr(record, name, [str(v) for v in value] if isinstance(value, list) else [])
             for name in ("output_id", "url", "path", "input", "status", "error", "message", "sent_by"):
                 value = getattr(record, name)
                 if value is not None and not isinstance(value, str):
@@ -248,14 +313,20 @@ def newer(a: ItemRecord | None, b: ItemRecord | None) -> ItemRecord | None:
 # -- credits needed --------------------------------------------------------------------------------
 
 
-def credits_needed(keys: Iterable[str], known: Mapping[str, ItemRecord], free: Iterable[str] = ()) -> int:
-    """Credits a batch of ``keys`` needs: one per key not already paid and not known to be free.
+def credits_needed(
+    keys: Iterable[str],
+    known: Mapping[str, ItemRecord],
+    free: Iterable[str] = (),
+    cost: Mapping[str, int] | None = None,
+) -> int:
+    """Credits a batch of ``keys`` needs: each key's price, unless already paid or known to be free.
 
     The one function the operator, its dry run and the credits sensor use. ``free`` holds the
-    keys of output IDs the server already upscaled (answered at once, for nothing).
+    keys of output IDs the server already upscaled (answered at once, for nothing); ``cost`` the
+    price of each key (default 1: an upscale; a generation costs its ``num_outputs``).
     """
     free = set(free)
-    return sum(1 for k in keys if k not in free and not (k in known and known[k].paid))
+    return sum((cost or {}).get(k, 1) for k in keys if k not in free and not (k in known and known[k].paid))
 
 
 def spent_by(records: Iterable[ItemRecord], owner: str | None) -> int:
@@ -302,7 +373,8 @@ class StateStoreLedger:
                 self._next += 1
         value = record.state_value()
         if len(json.dumps(value)) > STATE_VALUE_LIMIT:  # never: URLs are short. Keep the essentials.
-            value = {k: value[k] for k in ("key", "status", "output_id", "url", "pending") if k in value}
+            keep = ("key", "status", "output_id", "url", "pending", "output_ids", "urls", "seed", "sent_at")
+            value = {k: value[k] for k in keep if k in value}
         self.store.set(f"{STATE_PREFIX}.{self._next}", value)
         self._next += 1
 
@@ -421,12 +493,12 @@ class DestinationLedger:
         return best, damaged
 
     def images_present(self) -> set[str]:
-        """Keys whose image file is at the destination (one listing)."""
+        """Names (without ``.jpg``) of the images at the destination: ``<key>`` or ``<key>-<n>`` (one listing)."""
         suffix = f".{IMAGE_EXTENSION}"
         return {
             n[: -len(suffix)]
             for n in self._names(self.destination)
-            if n.endswith(suffix) and _KEY.match(n[: -len(suffix)])
+            if n.endswith(suffix) and _IMAGE_STEM.match(n[: -len(suffix)])
         }
 
     def write_manifest(self, records: Iterable[ItemRecord]) -> ObjectStoragePath:
@@ -567,13 +639,18 @@ class Ledger:
         self.records.update(found)
         return found
 
-    def image_present(self, key: str) -> bool:
-        return key in self.images
+    def image_present(self, key: str, outputs: int | None = None) -> bool:
+        """The item's image is at the destination (``outputs``: all of a multi-output job's images)."""
+        if outputs is None:
+            return key in self.images
+        return all(image_name(key, i).rsplit(".", 1)[0] in self.images for i in range(outputs))
 
     def sent(self, record: ItemRecord) -> str:
         """Record, durably, that a request for this item is about to be sent; returns its nonce."""
         nonce = uuid.uuid4().hex[:12]
         with self._lock:
+            if not record.pending:  # the oldest request without an answer: lost outputs are newer
+                record.sent_at = datetime.now(UTC).isoformat(timespec="milliseconds")
             record.pending = [*record.pending, nonce]
             if self.owner is not None:
                 record.sent_by = self.owner
@@ -636,6 +713,7 @@ def load_destination(destination: ObjectStoragePath | str | None) -> dict[str, I
 
 __all__ = [
     "FAILED",
+    "GENERATED",
     "MANIFEST_FIELDS",
     "MANIFEST_NAME",
     "NOT_STARTED",

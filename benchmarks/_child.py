@@ -2,7 +2,7 @@
 
     python benchmarks/_child.py '<json spec>'
 
-The spec's ``kind`` picks the workload (``operator`` or ``sequential``). The connection comes from
+The spec's ``kind`` picks the workload (``operator``, ``generate`` or ``sequential``). The connection comes from
 ``AIRFLOW_CONN_STABLECOG_DEFAULT`` (set by the parent). The last stdout line starting with
 ``@@RESULT`` is the JSON answer; everything else (task logs) is noise for the parent.
 
@@ -106,6 +106,35 @@ def run_operator(spec: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def run_generate(spec: dict[str, Any]) -> dict[str, Any]:
+    """``StablecogGenerateOperator.execute``: ``n`` distinct prompts, ``num_outputs`` images each."""
+    from airflow.sdk.execution_time.context import OutletEventAccessors
+
+    from airflow_provider_stablecog.operators.generate import StablecogGenerateOperator
+
+    first = int(spec.get("seed", 0))
+    prompts = [f"benchmark prompt {first + i}" for i in range(int(spec["n"]))]
+    op = StablecogGenerateOperator(
+        task_id="bench_generate",
+        prompts=prompts,
+        num_outputs=int(spec.get("num_outputs", 2)),
+        width=256,
+        height=256,
+        destination=spec.get("destination"),
+        max_concurrency=spec.get("max_concurrency"),
+        emit_asset=False,
+    )
+    context = {"task_state_store": _MemoryStateStore(), "outlet_events": OutletEventAccessors()}
+    cpu0, wall0 = _cpu(), time.perf_counter()
+    result = _profiled(spec, lambda: op.execute(context))  # type: ignore[arg-type]
+    wall, cpu = time.perf_counter() - wall0, _cpu() - cpu0
+    statuses: dict[str, int] = {}
+    for record in result:
+        statuses[record["status"]] = statuses.get(record["status"], 0) + 1
+    images = sum(len(r.get("output_ids", [])) for r in result)
+    return {"n": len(prompts), "images": images, "wall_s": wall, "cpu_s": cpu, "statuses": statuses}
+
+
 def run_sequential(spec: dict[str, Any]) -> dict[str, Any]:
     """What a user would write in a PythonOperator: post each upscale with requests, wait, next."""
     import requests
@@ -133,7 +162,7 @@ def run_sequential(spec: dict[str, Any]) -> dict[str, Any]:
 
 def main() -> int:
     spec = json.loads(sys.argv[1])
-    runner = {"operator": run_operator, "sequential": run_sequential}[spec["kind"]]
+    runner = {"operator": run_operator, "sequential": run_sequential, "generate": run_generate}[spec["kind"]]
     out = runner(spec)
     out["maxrss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     sys.stdout.flush()

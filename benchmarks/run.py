@@ -52,6 +52,7 @@ FIGURES = {
     5: "import",
     6: "scaling",
     7: "durability",
+    8: "generation",
 }
 TITLES = {
     1: "Throughput vs. the server's ceiling",
@@ -61,6 +62,7 @@ TITLES = {
     5: "DAG parse cost (import of the operator module)",
     6: "Scaling with the plan's concurrency",
     7: "Durable ledger: throughput with a destination (local, S3 API) and the cost per item",
+    8: "Generation throughput vs. its ceiling",
 }
 
 
@@ -106,6 +108,12 @@ class Settings:
     f7_n: int = 200
     f7_runs: int = 1
     f7_ledger_n: int = 300
+    # 8
+    f8_n: int = 200
+    f8_runs: int = 3
+    f8_latency: float = 1.0
+    f8_plan: int = 4
+    f8_outputs: int = 2
 
     @classmethod
     def quick_settings(cls) -> Settings:
@@ -132,6 +140,9 @@ class Settings:
             f7_n=10,
             f7_runs=1,
             f7_ledger_n=20,
+            f8_n=10,
+            f8_runs=1,
+            f8_latency=0.2,
         )
 
 
@@ -208,9 +219,9 @@ def run_child(
     for line in reversed(done.stdout.splitlines()):
         if line.startswith("@@RESULT "):
             result = json.loads(line[len("@@RESULT ") :])
-            bad = {k: v for k, v in result.get("statuses", {}).items() if k != "upscaled"}
+            bad = {k: v for k, v in result.get("statuses", {}).items() if k not in ("upscaled", "generated")}
             if bad:
-                raise RuntimeError(f"{label}: not every image was upscaled: {result['statuses']}")
+                raise RuntimeError(f"{label}: not every item was done: {result['statuses']}")
             return result
     tail = (done.stdout + "\n" + done.stderr)[-4000:]
     raise RuntimeError(f"{label}: the child failed (exit {done.returncode}):\n{tail}")
@@ -993,6 +1004,75 @@ def figure_7(settings: Settings, out: FigureResult) -> None:
     ]
 
 
+# ---------------------------------------------------------------------------------------------
+# figure 8: generation throughput vs. its ceiling
+# ---------------------------------------------------------------------------------------------
+
+
+def figure_8(settings: Settings, out: FigureResult) -> None:
+    s = settings
+    capacity = (s.f8_plan + 1) / s.f8_latency  # generations/s: generation has its own slots
+    runs = []
+    with emulator(latency=s.f8_latency, plan_concurrency=s.f8_plan) as emu:
+        conn = emu.connection_json(plan_concurrency=s.f8_plan)
+        for run in range(s.f8_runs):
+            emu.reset()
+            spec = {"kind": "generate", "n": s.f8_n, "num_outputs": s.f8_outputs, "seed": run * s.f8_n}
+            spec["profile"] = profile_path(s, f"fig8-generate-run{run + 1}")
+            result = run_child(spec, conn, f"fig8 generate run {run + 1}")
+            ledger = emu.ledger()
+            result["rate"] = s.f8_n / result["wall_s"]
+            result["server_max"] = ledger["max_generations_in_flight"]
+            result["charged"] = ledger["net_charged"]
+            result["rate_limited"] = ledger["rate_limited"]
+            runs.append(result)
+            log(
+                f"  fig8 run {run + 1}/{s.f8_runs}: {s.f8_n} prompts in {result['wall_s']:.2f} s = "
+                f"{result['rate']:.3f} prompts/s, {result['charged']} credits"
+            )
+    rate = median([r["rate"] for r in runs])
+    ratio = rate / capacity
+    out.summary = f"{rate:.2f} prompts/s ({rate * s.f8_outputs:.1f} images/s) = {ratio:.3f} of the {capacity:g} prompts/s ceiling"
+    out.goal = "ratio >= 0.95"
+    out.met = ratio >= 0.95
+    out.details += [
+        f"StablecogGenerateOperator.execute with N = {s.f8_n} distinct prompts, num_outputs = {s.f8_outputs}, "
+        f"256x256, no destination; emulator latency {s.f8_latency:g} s per generation, plan concurrency {s.f8_plan} "
+        f"(generation has its own counter: {s.f8_plan + 1} run at once), default rate limits. "
+        f"Ceiling = (plan + 1) / latency = {capacity:g} prompts/s = {capacity * s.f8_outputs:g} images/s. "
+        "Credits are the emulator's ledger (N x num_outputs expected). Time = wall time of `execute()` in a fresh "
+        "process (includes the models/defaults reads, the credits call and planning).",
+        "",
+        *table(
+            [
+                "run",
+                "wall s",
+                "prompts/s",
+                "ratio to ceiling",
+                "server max in flight",
+                "credits charged",
+                "429s",
+                "CPU s",
+            ],
+            [
+                [
+                    i + 1,
+                    f"{r['wall_s']:.2f}",
+                    f"{r['rate']:.3f}",
+                    f"{r['rate'] / capacity:.3f}",
+                    r["server_max"],
+                    r["charged"],
+                    r["rate_limited"],
+                    f"{r['cpu_s']:.2f}",
+                ]
+                for i, r in enumerate(runs)
+            ],
+        ),
+        "",
+        f"Median {rate:.3f} prompts/s over {len(runs)} runs; ratio {ratio:.3f}.",
+    ]
+
+
 RUNNERS: dict[int, Callable[[Settings, FigureResult], None]] = {
     1: figure_1,
     2: figure_2,
@@ -1001,6 +1081,7 @@ RUNNERS: dict[int, Callable[[Settings, FigureResult], None]] = {
     5: figure_5,
     6: figure_6,
     7: figure_7,
+    8: figure_8,
 }
 
 

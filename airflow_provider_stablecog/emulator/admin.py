@@ -120,6 +120,7 @@ async def patch_account(api_key: str, request: Request, state: AdminState) -> di
     if "plan_concurrency" in body:
         account.plan_concurrency = int(body["plan_concurrency"])
         account.pool.wake(account.run_limit)
+        account.generation_pool.wake(account.run_limit)
     if "balance" in body:
         account.balance = int(body["balance"])
     return _account_json(state, account)

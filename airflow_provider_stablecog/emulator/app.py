@@ -14,20 +14,19 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from airflow_provider_stablecog.emulator import imaging
 from airflow_provider_stablecog.emulator.admin import router as admin_router
 from airflow_provider_stablecog.emulator.config import EmulatorConfig
+from airflow_provider_stablecog.emulator.generate import create_generation, defaults_body, models_body
 from airflow_provider_stablecog.emulator.middleware import V1Middleware
 from airflow_provider_stablecog.emulator.responses import ApiError, api_error_handler
 from airflow_provider_stablecog.emulator.samples import router as samples_router
 from airflow_provider_stablecog.emulator.state import (
     AURA_SR_MODEL_ID,
-    GENERATION_MODEL_ID,
-    SCHEDULER_ID,
     UPSCALE_MODELS,
     EmulatorState,
     GeneratedOutput,
     iso,
     stable_uuid,
 )
-from airflow_provider_stablecog.emulator.upscale import authenticate, create_upscale, output_url
+from airflow_provider_stablecog.emulator.upscale import UUID_RE, authenticate, create_upscale, output_url
 
 CREDIT_EXPIRY = "2100-01-01T05:00:00Z"
 MAX_PER_PAGE = 300
@@ -71,6 +70,13 @@ def _add_v1_routes(app: FastAPI) -> None:
     app.add_api_route("/v1/image/upload", upload_image, methods=["POST"])
     app.add_api_route("/v1/credits", credits, methods=["GET"])
     app.add_api_route("/v1/image/generation/outputs", generation_outputs, methods=["GET"])
+    app.add_api_route("/v1/image/outputs", generation_outputs, methods=["GET"])
+    for path in ("/v1/image/generation/create", "/v1/image/generate"):
+        app.add_api_route(path, generation_create, methods=["POST"])
+    for path in ("/v1/image/generation/models", "/v1/image/models/generate"):
+        app.add_api_route(path, generation_models, methods=["GET"])
+    for path in ("/v1/image/generation/defaults", "/v1/image/defaults/generate"):
+        app.add_api_route(path, generation_defaults, methods=["GET"])
 
 
 async def health() -> dict[str, str]:
@@ -79,6 +85,18 @@ async def health() -> dict[str, str]:
 
 async def upscale_create(request: Request) -> Response:
     return await create_upscale(request, get_state(request))
+
+
+async def generation_create(request: Request) -> Response:
+    return await create_generation(request, get_state(request))
+
+
+async def generation_models() -> dict[str, Any]:
+    return models_body()
+
+
+async def generation_defaults() -> dict[str, Any]:
+    return defaults_body()
 
 
 async def upscale_models() -> dict[str, Any]:
@@ -137,12 +155,21 @@ async def credits(request: Request) -> dict[str, Any]:
 async def generation_outputs(request: Request) -> dict[str, Any]:
     state = get_state(request)
     account = authenticate(request, state)
-    per_page, cursor, upscaled = _page_params(request)
-    # As on the server: ``upscaled`` is validated and counted in ``total`` but not applied to the page.
+    per_page, cursor, upscaled, order, model_ids = _page_params(request)
+    # As on the server: ``upscaled`` is validated and counted in ``total`` but not applied to the
+    # page; pages are sorted by the generation's created_at, while the cursor filters on the
+    # output's own created_at (so overlapping jobs can be skipped across a page boundary).
     outputs = state.outputs_of(account)
+    if order == "asc":
+        outputs.reverse()
+    if model_ids:
+        outputs = [o for o in outputs if o.model_id in model_ids]
     total = sum(1 for o in outputs if _upscale_filter(o, upscaled))
     if cursor is not None:
-        outputs = [o for o in outputs if iso(o.created_at) < cursor]
+        if order == "asc":
+            outputs = [o for o in outputs if iso(o.created_at) > cursor]
+        else:
+            outputs = [o for o in outputs if iso(o.created_at) < cursor]
     page = outputs[:per_page]
     body: dict[str, Any] = {"outputs": [_output_json(request, state, o) for o in page]}
     if cursor is None:
@@ -152,7 +179,7 @@ async def generation_outputs(request: Request) -> dict[str, Any]:
     return body
 
 
-def _page_params(request: Request) -> tuple[int, str | None, str]:
+def _page_params(request: Request) -> tuple[int, str | None, str, str, set[str]]:
     query = request.query_params
     per_page_text = query.get("per_page", "50")
     if not per_page_text.isdigit():
@@ -163,7 +190,13 @@ def _page_params(request: Request) -> tuple[int, str | None, str]:
     upscaled = query.get("upscaled", "any") or "any"
     if upscaled not in ("any", "only", "not"):
         raise ApiError(400, "upscaled must be one of any, only, not")
-    return per_page, query.get("cursor") or None, upscaled
+    order = query.get("order", "desc") or "desc"
+    if order not in ("asc", "desc"):
+        raise ApiError(400, "order must be one of asc, desc")
+    model_ids = {m.strip().lower() for m in (query.get("model_ids") or "").split(",") if m.strip()}
+    if any(not UUID_RE.match(m) for m in model_ids):
+        raise ApiError(400, "model_ids must be comma-separated UUIDs")
+    return per_page, query.get("cursor") or None, upscaled, order, model_ids
 
 
 def _upscale_filter(output: GeneratedOutput, upscaled: str) -> bool:
@@ -190,20 +223,34 @@ def _output_json(request: Request, state: EmulatorState, output: GeneratedOutput
 
 
 def _generation_json(output: GeneratedOutput) -> dict[str, Any]:
-    return {
+    created = output.sort_time
+    body: dict[str, Any] = {
         "id": output.generation_id,
         "width": output.width,
         "height": output.height,
-        "inference_steps": 30,
-        "guidance_scale": 7.0,
-        "model_id": GENERATION_MODEL_ID,
-        "scheduler_id": SCHEDULER_ID,
+        "inference_steps": output.inference_steps,
+        "guidance_scale": output.guidance_scale,
+        "num_outputs": output.num_outputs,
+        "model_id": output.model_id,
+        "scheduler_id": output.scheduler_id,
         "prompt": {"id": stable_uuid("prompt", output.prompt), "text": output.prompt},
         "seed": output.seed,
-        "created_at": iso(output.created_at),
-        "started_at": iso(output.created_at + timedelta(seconds=1)),
-        "completed_at": iso(output.created_at + timedelta(seconds=5)),
+        "created_at": iso(created),
+        "started_at": iso(created + timedelta(seconds=1))
+        if output.generation_created_at is None
+        else iso(created),
+        "completed_at": iso(created + timedelta(seconds=5))
+        if output.generation_created_at is None
+        else iso(output.created_at),
     }
+    if output.negative_prompt:
+        body["negative_prompt"] = {
+            "id": stable_uuid("prompt", output.negative_prompt),
+            "text": output.negative_prompt,
+        }
+    if output.prompt_strength is not None:
+        body["prompt_strength"] = output.prompt_strength
+    return body
 
 
 # -- served output images ---------------------------------------------------------------------------

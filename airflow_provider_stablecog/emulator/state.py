@@ -29,6 +29,31 @@ UPSCALE_MODELS: tuple[dict[str, Any], ...] = (
 )
 GENERATION_MODEL_ID = "048b4aa3-5586-47ed-900f-f4341c96bdb2"
 SCHEDULER_ID = "55027f8b-f046-4e71-bc51-53d5448661e0"
+DPM_SCHEDULER_ID = "82cf78dd-6afb-48cc-aca6-14224cca6950"
+SDXL_MODEL_ID = "8002bc51-7260-468f-8840-cf1e6dbe3f8a"
+SDXL_SCHEDULER_ID = "6fb13b76-9900-4fa4-abf8-8f843e034a7f"
+#: active, visible generation models (``GET /v1/image/generation/models``)
+GENERATION_MODELS: tuple[dict[str, Any], ...] = (
+    {
+        "id": GENERATION_MODEL_ID,
+        "name": "Stable Diffusion 1.5",
+        "is_default": True,
+        "available_schedulers": [
+            {"id": SCHEDULER_ID, "name": "Euler"},
+            {"id": DPM_SCHEDULER_ID, "name": "DPM Multistep"},
+        ],
+        "default_width": 512,
+        "default_height": 512,
+    },
+    {
+        "id": SDXL_MODEL_ID,
+        "name": "SDXL",
+        "is_default": False,
+        "available_schedulers": [{"id": SDXL_SCHEDULER_ID, "name": "Euler Ancestral"}],
+        "default_width": 1024,
+        "default_height": 1024,
+    },
+)
 SEED_EPOCH = datetime(2024, 1, 1, tzinfo=UTC)
 PROMPTS = (
     "a lighthouse on a cliff at dawn, oil painting",
@@ -105,6 +130,8 @@ class Account:
     api_keys: list[str] = field(default_factory=list)
     output_ids: list[str] = field(default_factory=list)
     pool: SlotPool = field(default_factory=SlotPool)
+    #: generation runs on its own counter (the plan's concurrency again), the queue is shared
+    generation_pool: SlotPool = field(default_factory=SlotPool)
 
     @property
     def run_limit(self) -> int:
@@ -130,6 +157,19 @@ class GeneratedOutput:
     created_at: datetime
     image_name: str
     upscaled_name: str | None = None
+    #: when the generation's credits were taken (the listing's sort key); seeded: ``created_at``
+    generation_created_at: datetime | None = None
+    negative_prompt: str | None = None
+    model_id: str = GENERATION_MODEL_ID
+    scheduler_id: str = SCHEDULER_ID
+    guidance_scale: float = 7.0
+    inference_steps: int = 30
+    num_outputs: int = 1
+    prompt_strength: float | None = None
+
+    @property
+    def sort_time(self) -> datetime:
+        return self.generation_created_at or self.created_at
 
 
 @dataclass
@@ -192,6 +232,11 @@ class Ledger:
     free_answers: int = 0
     queue_rejected: int = 0
     upscales_completed: int = 0
+    generations_completed: int = 0
+    outputs_generated: int = 0
+    nsfw_rejected: int = 0
+    generations_in_flight: int = 0
+    max_generations_in_flight: int = 0
 
 
 class EmulatorState:
@@ -326,7 +371,15 @@ class EmulatorState:
         self.recipes[name] = recipe
 
     def outputs_of(self, account: Account) -> list[GeneratedOutput]:
-        return [self.outputs[output_id] for output_id in account.output_ids]
+        """The account's outputs, newest generation first (as the server sorts its listing)."""
+        outputs = [self.outputs[output_id] for output_id in account.output_ids]
+        return sorted(outputs, key=lambda o: o.sort_time, reverse=True)
+
+    def add_generated(self, account: Account, output: GeneratedOutput, image_seed: int) -> None:
+        """A finished generation's output: listed, served (rendered on first GET), upscalable by ID."""
+        self._add_recipe(output.image_name, _generated_recipe(output.width, output.height, image_seed))
+        self.outputs[output.id] = output
+        account.output_ids.insert(0, output.id)
 
     # -- stored files ----------------------------------------------------------------------
 
@@ -361,17 +414,17 @@ class EmulatorState:
 
     # -- credits ---------------------------------------------------------------------------
 
-    def charge(self, account: Account, input_key: str) -> int:
-        """Take one credit; return the balance right after this charge (the answer's remaining_credits)."""
-        account.balance -= 1
-        self.ledger.charged += 1
-        self.ledger.charges_by_input[input_key] += 1
+    def charge(self, account: Account, input_key: str, amount: int = 1) -> int:
+        """Take ``amount`` credits; return the balance right after this charge (the answer's remaining_credits)."""
+        account.balance -= amount
+        self.ledger.charged += amount
+        self.ledger.charges_by_input[input_key] += amount
         return account.balance
 
-    def refund(self, account: Account, input_key: str) -> None:
-        account.balance += 1
-        self.ledger.refunded += 1
-        self.ledger.charges_by_input[input_key] -= 1
+    def refund(self, account: Account, input_key: str, amount: int = 1) -> None:
+        account.balance += amount
+        self.ledger.refunded += amount
+        self.ledger.charges_by_input[input_key] -= amount
 
     # -- faults and concurrency ------------------------------------------------------------
 
@@ -396,6 +449,19 @@ class EmulatorState:
     def stopped_running(self) -> None:
         self.ledger.in_flight -= 1
 
+    def generation_started(self) -> None:
+        self.ledger.generations_in_flight += 1
+        self.ledger.max_generations_in_flight = max(
+            self.ledger.max_generations_in_flight, self.ledger.generations_in_flight
+        )
+
+    def generation_stopped(self) -> None:
+        self.ledger.generations_in_flight -= 1
+
+    def waiting(self, account: Account) -> int:
+        """Requests of the account held open for a slot: upscale and generation share this queue."""
+        return len(account.pool.waiters) + len(account.generation_pool.waiters)
+
     # -- reporting -------------------------------------------------------------------------
 
     def snapshot(self) -> dict[str, Any]:
@@ -410,7 +476,7 @@ class EmulatorState:
             "charges_by_input": {k: v for k, v in ledger.charges_by_input.items() if v},
             "uploads": ledger.uploads,
             "in_flight": ledger.in_flight,
-            "waiting": sum(len(a.pool.waiters) for a in self.accounts.values()),
+            "waiting": sum(self.waiting(a) for a in self.accounts.values()),
             "max_in_flight": ledger.max_in_flight,
             "requests_by_route": dict(ledger.requests_by_route),
             "rate_limited": ledger.rate_limited,
@@ -423,6 +489,11 @@ class EmulatorState:
             "free_answers": ledger.free_answers,
             "queue_rejected": ledger.queue_rejected,
             "upscales_completed": ledger.upscales_completed,
+            "generations_completed": ledger.generations_completed,
+            "outputs_generated": ledger.outputs_generated,
+            "nsfw_rejected": ledger.nsfw_rejected,
+            "generations_in_flight": ledger.generations_in_flight,
+            "max_generations_in_flight": ledger.max_generations_in_flight,
             "attempts_by_input": dict(self.attempts),
         }
 

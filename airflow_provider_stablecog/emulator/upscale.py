@@ -227,7 +227,7 @@ async def _run_charged(
         state.record_fault(fault)
         return _refunded(state, account, job, 500, "TIMEOUT")
     pool, limit = account.pool, account.run_limit
-    if pool.must_wait(limit) and len(pool.waiters) >= state.config.queue_limit:
+    if pool.must_wait(limit) and state.waiting(account) >= state.config.queue_limit:
         state.ledger.queue_rejected += 1
         return _refunded(state, account, job, 400, "queue_limit_reached")
     try:

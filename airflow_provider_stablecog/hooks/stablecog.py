@@ -48,8 +48,11 @@ if TYPE_CHECKING:
     from airflow_provider_stablecog.client import StablecogClient
     from airflow_provider_stablecog.models import (
         Credits,
+        GenerationDefaults,
+        GenerationModel,
         GenerationOutput,
         GenerationOutputsPage,
+        GenerationResult,
         UpscaleModel,
         UpscaleResult,
     )
@@ -384,6 +387,19 @@ class StablecogHook(BaseHook):
         content_type: str | None = None,
     ) -> str:
         return self.client.upload_image(source, filename=filename, content_type=content_type)
+
+    def generate(self, prompt: str, **kwargs: Any) -> GenerationResult:
+        """``POST /v1/image/generation/create`` (see :meth:`StablecogClient.generate`)."""
+        return self.client.generate(prompt, **kwargs)
+
+    def list_generation_models(self) -> list[GenerationModel]:
+        return self.client.list_generation_models()
+
+    def get_generation_defaults(self) -> GenerationDefaults:
+        return self.client.get_generation_defaults()
+
+    def find_generation_outputs(self, **kwargs: Any) -> list[list[GenerationOutput]]:
+        return self.client.find_generation_outputs(**kwargs)
 
     def list_generation_outputs(self, **kwargs: Any) -> GenerationOutputsPage:
         return self.client.list_generation_outputs(**kwargs)

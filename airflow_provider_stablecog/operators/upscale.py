@@ -19,24 +19,23 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import BaseOperator
-
-from airflow_provider_stablecog.compat import drop_unsupported_arguments, task_identity
+from airflow_provider_stablecog.compat import drop_unsupported_arguments
 from airflow_provider_stablecog.hooks.stablecog import StablecogHook
+from airflow_provider_stablecog.operators.base import (
+    MAX_ERRORS_SHOWN,
+    StablecogBatchOperator,
+    validate_static,
+)
 
 if TYPE_CHECKING:
     from airflow.sdk import Context, ObjectStoragePath
 
-    from airflow_provider_stablecog.batch import BatchReport
     from airflow_provider_stablecog.utils.inputs import InputPlan
 
-MAX_ERRORS_SHOWN = 5
 
-
-class UpscaleOperator(BaseOperator):
+class UpscaleOperator(StablecogBatchOperator):
     """Upscale images 4× with Stablecog (1 credit each).
 
     :param inputs: a list (or one string) of image URLs, Stablecog output IDs, ``s3://`` upload
@@ -124,29 +123,14 @@ class UpscaleOperator(BaseOperator):
         self._stop: threading.Event | None = None  # made in execute: a lock cannot be deep-copied
         #: the last execute's spend and outcome (also pushed as the ``summary`` XCom)
         self.summary: dict[str, Any] = {}
-        _validate_static(self)
+        validate_static(self)
         if emit_asset and isinstance(destination, str) and "{{" not in destination:
             self._add_destination_asset(destination)
-
-    def _add_destination_asset(self, destination: str) -> None:
-        from airflow.sdk import Asset
-
-        from airflow_provider_stablecog.utils.storage import resolve_destination
-
-        uri = str(resolve_destination(destination)).rstrip("/")
-        if not any(getattr(o, "uri", None) == uri for o in self.outlets):
-            self.outlets = [*self.outlets, Asset(uri=uri, name=f"stablecog-upscaled:{uri}")]
-
-    @cached_property
-    def hook(self) -> StablecogHook:
-        return StablecogHook(self.stablecog_conn_id, rate_limit=self.rate_limit)
 
     # -- execute -----------------------------------------------------------------------------------
 
     def execute(self, context: Context) -> Any:
         from airflow_provider_stablecog.batch import BatchOptions, UpscaleBatch
-        from airflow_provider_stablecog.compat import task_state_store
-        from airflow_provider_stablecog.ledger import Ledger
         from airflow_provider_stablecog.utils.inputs import coerce_input_list, plan_inputs
 
         self._stop = threading.Event()
@@ -162,18 +146,7 @@ class UpscaleOperator(BaseOperator):
         self.hook.pool_size = max(self.hook.pool_size, concurrency + 4)
         model_id = self._checked_model_id()
         destination = self._prepare_destination()
-        ledger = Ledger(
-            store=task_state_store(context, self.log),
-            destination=destination,
-            log=self.log,
-            owner=task_identity(context),
-        )
-        if max_credits is not None and ledger.state is None and ledger.dest is None:
-            self.log.warning(
-                "max_credits=%d counts this try only: without a destination or the task state store "
-                "(Airflow 3.3) nothing records what earlier tries spent",
-                max_credits,
-            )
+        ledger = self._open_ledger(context, destination, max_credits)
         options = BatchOptions(
             model_id=model_id,
             max_concurrency=concurrency,
@@ -211,13 +184,7 @@ class UpscaleOperator(BaseOperator):
             if credits is not None
             else "no credit needed",
         )
-        if todo.max_credits is not None:
-            self.log.info(
-                "Budget: max_credits=%d, %d spent by earlier tries, %d left",
-                todo.max_credits,
-                todo.budget_spent,
-                todo.budget_left,
-            )
+        self._log_budget(todo)
         report = batch.run(credits)
         self.summary = self._log_summary(report, plan)
         ti = context.get("ti")
@@ -227,36 +194,7 @@ class UpscaleOperator(BaseOperator):
         self._raise_if_incomplete(report, plan)
         return self._xcom(plan, report)
 
-    def on_kill(self) -> None:
-        """Stop sending requests; every answer is already recorded; the batch writes its ledger segment and manifest on the way out."""
-        if self._stop is not None:
-            self._stop.set()
-        if "hook" in self.__dict__:
-            self.hook.client.cancel()
-
     # -- steps ---------------------------------------------------------------------------------------
-
-    def _rendered_budget(self) -> int | None:
-        """``max_credits`` once rendered (a template renders to a string), or a clear error."""
-        from airflow_provider_stablecog.exceptions import StablecogConfigError
-        from airflow_provider_stablecog.utils.inputs import as_count
-
-        if self.max_credits is None or (isinstance(self.max_credits, str) and not self.max_credits.strip()):
-            return None
-        try:
-            return as_count(self.max_credits, "max_credits")
-        except ValueError as exc:
-            raise StablecogConfigError(f"{exc}; nothing was sent or charged", code="config_error") from None
-
-    def _starting_credits(self) -> int:
-        """The balance before the batch; a rejected key fails the task without retries."""
-        from airflow_provider_stablecog.compat import AirflowFailException
-        from airflow_provider_stablecog.exceptions import StablecogAuthError
-
-        try:
-            return self.hook.get_credits().total_remaining_credits
-        except StablecogAuthError as exc:
-            raise AirflowFailException(f"{exc}. Nothing was sent or charged.") from None
 
     def _checked_model_id(self) -> str | None:
         from airflow_provider_stablecog.exceptions import StablecogConfigError, StablecogRetryableError
@@ -284,37 +222,6 @@ class UpscaleOperator(BaseOperator):
             )
         return model_id
 
-    def _prepare_destination(self) -> ObjectStoragePath | None:
-        from airflow_provider_stablecog.exceptions import StablecogConfigError
-        from airflow_provider_stablecog.utils.storage import ensure_directory, resolve_destination
-
-        if not self.destination:
-            return None
-        dest = resolve_destination(self.destination)
-        ensure_directory(
-            dest,
-            lambda exc: StablecogConfigError(
-                f"destination {str(dest)!r} is not writable ({type(exc).__name__}: {exc}); fix its "
-                "permissions, free space or storage connection and retry — nothing was sent or charged",
-                code="destination_not_writable",
-            ),
-        )
-        return dest
-
-    def _concurrency(self) -> int:
-        from airflow_provider_stablecog.exceptions import StablecogConfigError
-
-        value = self.max_concurrency if self.max_concurrency is not None else self.hook.plan_concurrency + 1
-        if not isinstance(value, int) or value < 1:
-            raise StablecogConfigError(f"max_concurrency must be a positive integer, got {value!r}")
-        return value
-
-    def _log_invalid(self, plan: InputPlan) -> None:
-        for bad in plan.invalid[:20]:
-            self.log.warning("Invalid input: %s", bad.message)
-        if len(plan.invalid) > 20:
-            self.log.warning("... and %d more invalid inputs", len(plan.invalid) - 20)
-
     def _dry_run_plan(self, plan: InputPlan, batch: Any, todo: Any, credits: int | None) -> dict:
         failed = [batch.results[k] for k in todo.preflight_failed]
         result = {
@@ -330,145 +237,12 @@ class UpscaleOperator(BaseOperator):
             "credits_remaining": credits,
             "credit_reserve": self.credit_reserve,
             "enough_credits": credits is not None and credits - todo.credits_needed >= self.credit_reserve,
-            "max_credits": todo.max_credits,
-            "budget_spent": todo.budget_spent,
-            "budget_left": todo.budget_left,
-            "within_budget": todo.budget_left is None or todo.credits_needed <= todo.budget_left,
+            **self._budget_plan(todo),
             "invalid_items": [b.message for b in plan.invalid[:MAX_ERRORS_SHOWN]]
             + [r.message for r in failed[:MAX_ERRORS_SHOWN]],
         }
         self.log.info("Dry run, nothing sent: %s", result)
         return result
-
-    def _log_summary(self, report: BatchReport, plan: InputPlan) -> dict[str, Any]:
-        """Log the summary table; return it as a dict (keys in snake case), also the ``summary`` XCom."""
-        counts = dict(report.counts)
-        if plan.invalid:
-            counts["failed"] = counts.get("failed", 0) + len(plan.invalid)
-        by_code: dict[str, int] = {}
-        for r in report.results.values():
-            if r.error:
-                by_code[r.error] = by_code.get(r.error, 0) + 1
-        for b in plan.invalid:
-            by_code[b.code] = by_code.get(b.code, 0) + 1
-        rate = report.upscaled_now / report.elapsed if report.elapsed > 0 else 0.0
-        balance: list[tuple[str, Any]] = []
-        if report.credits_start is not None:
-            balance.append(("credits before", report.credits_start))
-        if report.balance_measured_after is not None:
-            balance.append(("credits after", report.balance_measured_after))
-            if report.credits_start is not None:
-                balance.append(("balance change", report.balance_measured_after - report.credits_start))
-        budget: list[tuple[str, Any]] = []
-        if report.max_credits is not None:
-            budget = [
-                ("budget max_credits", report.max_credits),
-                ("budget spent", report.budget_spent),
-                ("budget left", max(0, report.max_credits - report.budget_spent)),
-            ]
-        rows = [
-            ("inputs", len(plan.positions)),
-            ("unique", len(plan.unique)),
-            *((status, counts.get(status, 0)) for status in ("upscaled", "skipped", "failed", "not_started")),
-            ("credits charged this try", report.charged_now),
-            ("credits charged earlier", report.charged_before),
-            ("possibly double-charged", report.possibly_double_charged),
-            *balance,
-            *budget,
-            ("max in flight", report.max_in_flight),
-            ("elapsed", f"{report.elapsed:.1f} s"),
-            ("images/s", f"{rate:.2f}"),
-            *((f"error {code}", n) for code, n in sorted(by_code.items())),
-        ]
-        width = max(len(k) for k, _ in rows)
-        self.log.info("Summary\n%s", "\n".join(f"  {k:<{width}}  {v}" for k, v in rows))
-        summary = {k.replace(" ", "_").replace("-", "_").replace("/", "_per_"): v for k, v in rows}
-        summary["elapsed"] = round(report.elapsed, 3)
-        if report.possibly_double_charged:
-            doubled = [r.input for r in report.results.values() if r.possibly_double_charged]
-            self.log.warning(
-                "%d request(s) may have been charged twice (sent again after an earlier try died with them in "
-                "flight, or after a lost answer): %s%s. Set resend_possibly_charged=False to never resend.",
-                report.possibly_double_charged,
-                ", ".join(doubled[:MAX_ERRORS_SHOWN]),
-                f" and {len(doubled) - MAX_ERRORS_SHOWN} more (see the manifest)"
-                if len(doubled) > MAX_ERRORS_SHOWN
-                else "",
-            )
-        return summary
-
-    def _emit_asset_events(
-        self, context: Context, report: BatchReport, destination: ObjectStoragePath | None
-    ) -> None:
-        from airflow.sdk import Asset
-
-        extra = {
-            "destination": str(destination) if destination is not None else None,
-            "upscaled": report.counts.get("upscaled", 0),
-            "skipped": report.counts.get("skipped", 0),
-            "failed": report.counts.get("failed", 0),
-        }
-        for outlet in self.outlets:
-            if isinstance(outlet, Asset):
-                context["outlet_events"][outlet].extra.update(extra)
-
-    def _raise_if_incomplete(self, report: BatchReport, plan: InputPlan) -> None:
-        from airflow_provider_stablecog.compat import AirflowException, AirflowFailException
-        from airflow_provider_stablecog.exceptions import StablecogAuthError, StablecogBudgetExceededError
-
-        failed = [r for r in report.results.values() if r.status == "failed"]
-        messages = [b.message for b in plan.invalid] + [r.message or r.error or "" for r in failed]
-        failed_positions = sum(
-            1 for p in plan.positions if not isinstance(p, str) or report.result_for(p).status == "failed"
-        )
-        failed_share = failed_positions / max(len(plan.positions), 1)
-        not_started = [r for r in report.results.values() if r.status == "not_started"]
-        if report.stopped:
-            raise AirflowException(
-                f"Stopped with {len(not_started)} images not done; every answer is recorded, a retry resumes"
-            )
-        if isinstance(report.fatal, StablecogAuthError):
-            raise AirflowFailException(
-                f"{report.fatal}. Finished images are kept ({report.counts.get('upscaled', 0)} this try)."
-            )
-        if not_started and self.fail_on_not_started and all(r.error == "max_credits" for r in not_started):
-            # a retry would start nothing either: fail at once (on every Airflow line)
-            raise AirflowFailException(
-                f"{len(not_started)} of {len(plan.unique)} images were not started: max_credits={report.max_credits} "
-                f"is spent ({report.budget_spent} credits across this task's tries). Raise max_credits and clear "
-                "the task to finish them; nothing done is paid again"
-            ) from StablecogBudgetExceededError(not_started[0].message or "", code="max_credits")
-        if not_started and self.fail_on_not_started:
-            raise AirflowException(
-                f"{len(not_started)} of {len(plan.unique)} images were not started: {not_started[0].message}"
-            )
-        if failed_share > self.max_failed_ratio:
-            shown = "\n  ".join(messages[:MAX_ERRORS_SHOWN])
-            more = (
-                f"\n  ... and {len(messages) - MAX_ERRORS_SHOWN} more (see the manifest)"
-                if len(messages) > MAX_ERRORS_SHOWN
-                else ""
-            )
-            head = f"{failed_positions} of {len(plan.positions)} inputs failed ({failed_share:.1%} > max_failed_ratio={self.max_failed_ratio:.1%})"
-            if not not_started and all(r.key in report.permanent_failures for r in failed):
-                # only bad items are left: an Airflow retry would fail them again, for nothing
-                raise AirflowFailException(
-                    f"{head}; every failure is a bad item that a retry cannot fix (fix the items upstream, "
-                    f"then clear the task: the rest is done and not paid again):\n  {shown}{more}"
-                )
-            raise AirflowException(
-                f"{head}; the rest are done and a retry redoes only the failures:\n  {shown}{more}"
-            )
-
-    def _xcom(self, plan: InputPlan, report: BatchReport) -> list[dict[str, Any]]:
-        """One compact record per input, in input order (empty fields left out)."""
-        out: list[dict[str, Any]] = []
-        for entry in plan.positions:
-            if isinstance(entry, str):
-                out.append(report.result_for(entry).xcom())
-            else:
-                out.append({"input": entry.display, "status": "failed", "error": entry.code})
-        return out
 
 
 def _batch_label(plan: InputPlan) -> str:
@@ -478,19 +252,3 @@ def _batch_label(plan: InputPlan) -> str:
     first, last = plan.display_for(0), plan.display_for(n - 1)
     tail = lambda s: s.rstrip("/").rsplit("/", 1)[-1][:40]  # noqa: E731
     return f"{n} images: {tail(first)}" + (f" … {tail(last)}" if n > 1 else "")
-
-
-def _validate_static(op: UpscaleOperator) -> None:
-    """Check the non-templated arguments early (at DAG parse)."""
-    if op.max_concurrency is not None and (not isinstance(op.max_concurrency, int) or op.max_concurrency < 1):
-        raise ValueError(f"max_concurrency must be a positive integer, got {op.max_concurrency!r}")
-    if not isinstance(op.credit_reserve, int) or op.credit_reserve < 0:
-        raise ValueError(f"credit_reserve must be an integer >= 0, got {op.credit_reserve!r}")
-    if op.max_credits is not None and not (isinstance(op.max_credits, str) and "{{" in op.max_credits):
-        from airflow_provider_stablecog.utils.inputs import as_count
-
-        as_count(op.max_credits, "max_credits")  # a template is checked once rendered
-    if not 0.0 <= float(op.max_failed_ratio) <= 1.0:
-        raise ValueError(f"max_failed_ratio must be between 0.0 and 1.0, got {op.max_failed_ratio!r}")
-    if op.rate_limit is not None and op.rate_limit < 0:
-        raise ValueError(f"rate_limit must be >= 0 requests/s, got {op.rate_limit!r}")

@@ -6,9 +6,10 @@ Put it in front of a fan-out so a credit-aware pipeline never starts a batch it 
                                   destination="s3://bucket/upscaled", reserve=10)
     wait >> UpscaleOperator(task_id="upscale", inputs=list_images.output, ...)
 
-The requirement is either a fixed ``min_credits`` or derived from ``inputs``: one credit per unique
-valid item, minus the items a ``destination``'s manifest records as already paid for. ``reserve``
-is added on top. The sensor's XCom value is the remaining credits seen by the successful check.
+The requirement is a fixed ``min_credits``, or derived from ``inputs`` (an upscale: one credit per
+unique valid item) or from ``prompts`` (a generation: Σ ``num_outputs`` over the unique valid
+prompts, with ``generation_defaults`` as the generate operator's own parameters), minus the items
+a ``destination``'s ledger records as already paid for. ``reserve`` is added on top. The sensor's XCom value is the remaining credits seen by the successful check.
 
 ``/v1/credits`` shares the per-IP rate budget with the upscales, so poll sparingly (the default
 ``poke_interval`` is 60 s) or defer (``deferrable=True``) to free the worker slot.
@@ -61,14 +62,19 @@ class CreditRequirement:
 class StablecogCreditsSensor(BaseSensorOperator):
     """Wait until the Stablecog account has enough credits for a batch.
 
-    Give exactly one of ``min_credits`` or ``inputs``.
+    Give exactly one of ``min_credits``, ``inputs`` or ``prompts``.
 
     :param stablecog_conn_id: the Stablecog connection, default ``stablecog_default``.
     :param min_credits: credits needed (templated).
     :param inputs: the batch (templated; a list, one string, or an XComArg): needs one credit per
         unique valid item. Invalid items need none (they are never sent).
-    :param destination: the destination of the upscale task (templated, only with ``inputs``);
-        items its ``manifest.jsonl`` records as paid for (with a result URL) need no credit.
+    :param prompts: the prompts of a generation (templated; as
+        :class:`~airflow_provider_stablecog.operators.generate.StablecogGenerateOperator` takes
+        them): needs Σ ``num_outputs`` over the unique valid prompts.
+    :param generation_defaults: with ``prompts``: the generate operator's parameters
+        (``num_outputs``, ``width``, ``model_id``, ...), so the sizing matches its plan. Templated.
+    :param destination: the destination of the upscale or generate task (templated, with ``inputs``
+        or ``prompts``); items its ledger records as paid for (with a result URL) need no credit.
     :param reserve: credits to keep on top of the requirement (templated int >= 0, default 0).
     :param max_credits: the budget of the task this sensor gates (its ``max_credits``, templated):
         that task never spends more, so the requirement is capped at it (the log says so).
@@ -80,7 +86,15 @@ class StablecogCreditsSensor(BaseSensorOperator):
         ``exponential_backoff``, ...).
     """
 
-    template_fields: Sequence[str] = ("min_credits", "inputs", "destination", "reserve", "max_credits")
+    template_fields: Sequence[str] = (
+        "min_credits",
+        "inputs",
+        "prompts",
+        "generation_defaults",
+        "destination",
+        "reserve",
+        "max_credits",
+    )
     ui_color = "#dbe7ff"
 
     def __init__(
@@ -89,6 +103,8 @@ class StablecogCreditsSensor(BaseSensorOperator):
         stablecog_conn_id: str = DEFAULT_CONN_ID,
         min_credits: int | str | None = None,
         inputs: Any = None,
+        prompts: Any = None,
+        generation_defaults: dict[str, Any] | None = None,
         destination: Any = None,
         reserve: int | str = 0,
         max_credits: int | str | None = None,
@@ -99,17 +115,31 @@ class StablecogCreditsSensor(BaseSensorOperator):
         from airflow_provider_stablecog.compat import drop_unsupported_arguments
 
         super().__init__(poke_interval=poke_interval, **drop_unsupported_arguments(kwargs))
-        if (min_credits is None) == (inputs is None):
-            given = "both" if min_credits is not None else "neither"
+        given = [
+            n
+            for n, v in (("min_credits", min_credits), ("inputs", inputs), ("prompts", prompts))
+            if v is not None
+        ]
+        if len(given) != 1:
             raise ValueError(
                 f"StablecogCreditsSensor {self.task_id!r}: pass exactly one of min_credits (a number "
-                f"of credits) or inputs (the batch, one credit per unique item); {given} was given"
+                "of credits), inputs (an upscale batch, one credit per unique item) or prompts (a "
+                f"generation, num_outputs credits per unique prompt); "
+                + (f"both {' and '.join(given)} were given" if given else "neither was given")
             )
-        if destination is not None and inputs is None:
+        if destination is not None and inputs is None and prompts is None:
             raise ValueError(
-                f"StablecogCreditsSensor {self.task_id!r}: destination is only used with inputs (to skip "
-                "items already upscaled there); remove it or pass inputs instead of min_credits"
+                f"StablecogCreditsSensor {self.task_id!r}: destination is only used with inputs or prompts "
+                "(to skip items already done there); remove it or pass inputs/prompts instead of min_credits"
             )
+        if generation_defaults is not None:
+            from airflow_provider_stablecog.utils.prompts import check_defaults
+
+            if prompts is None:
+                raise ValueError(
+                    f"StablecogCreditsSensor {self.task_id!r}: generation_defaults needs prompts"
+                )
+            check_defaults(generation_defaults)
         # literal values are checked now; templates are checked once rendered (in poke/execute)
         for name, value in (("min_credits", min_credits), ("reserve", reserve), ("max_credits", max_credits)):
             if value is not None and not isinstance(value, str):
@@ -117,6 +147,8 @@ class StablecogCreditsSensor(BaseSensorOperator):
         self.stablecog_conn_id = stablecog_conn_id
         self.min_credits = min_credits
         self.inputs = inputs
+        self.prompts = prompts
+        self.generation_defaults = dict(generation_defaults or {})
         self.destination = destination
         self.reserve = reserve
         self.max_credits = max_credits
@@ -142,7 +174,9 @@ class StablecogCreditsSensor(BaseSensorOperator):
 
         try:
             reserve = as_count(self.reserve, "reserve")
-            if self.inputs is None:
+            if self.prompts is not None:
+                requirement = self._requirement_from_prompts(reserve)
+            elif self.inputs is None:
                 needed = as_count(self.min_credits, "min_credits")
                 requirement = CreditRequirement(needed, reserve, f"min_credits={needed}")
             else:
@@ -192,6 +226,40 @@ class StablecogCreditsSensor(BaseSensorOperator):
             f"{len(items)} inputs: {len(plan.unique)} unique valid, {len(plan.invalid) + len(todo.preflight_failed)} "
             f"invalid (free), {len(todo.skipped) + len(todo.to_download)} already paid in the destination, "
             f"{len(todo.free)} already upscaled output IDs (free)"
+        )
+        return CreditRequirement(todo.credits_needed, reserve, detail)
+
+    def _requirement_from_prompts(self, reserve: int) -> CreditRequirement:
+        """Credits the generation of ``prompts`` into ``destination`` needs: the engine's own plan
+        with the generation job kind (Σ num_outputs; nothing for prompts already paid there or
+        invalid)."""
+        from airflow_provider_stablecog.batch import BatchOptions, UpscaleBatch
+        from airflow_provider_stablecog.jobs import GenerateJob
+        from airflow_provider_stablecog.utils.prompts import coerce_prompt_list, plan_prompts
+        from airflow_provider_stablecog.utils.storage import resolve_destination
+
+        prompts = coerce_prompt_list(self.prompts)
+        plan = plan_prompts(
+            prompts,
+            self.generation_defaults,
+            self.hook.list_generation_models(),
+            self.hook.get_generation_defaults(),
+        )
+        destination = self.destination
+        if isinstance(destination, str) and not destination.strip():
+            destination = None
+        batch = UpscaleBatch(
+            self.hook.client,
+            plan,
+            BatchOptions(),
+            destination=resolve_destination(destination) if destination is not None else None,
+            log=self.log,
+            kind=GenerateJob(),
+        )
+        todo = batch.plan()
+        detail = (
+            f"{len(prompts)} prompts: {len(plan.unique)} unique valid, {len(plan.invalid) + len(todo.preflight_failed)} "
+            f"invalid (free), {len(todo.skipped) + len(todo.to_download)} already paid in the destination"
         )
         return CreditRequirement(todo.credits_needed, reserve, detail)
 

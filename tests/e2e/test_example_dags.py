@@ -175,3 +175,26 @@ def _no_examples(dagbag_class) -> dict:
         if "include_examples" in inspect.signature(dagbag_class).parameters
         else {}
     )
+
+
+def test_generate_then_upscale_in_the_demo(tmp_path, monkeypatch, capsys):
+    """``./dev demo --dag example_stablecog_generate_upscale``: prompts → credits → generate → upscale
+    by output ID → contact sheet, in a throwaway Airflow against its own emulator."""
+    from airflow_provider_stablecog import demo
+
+    monkeypatch.delenv("AIRFLOW_CONN_STABLECOG_DEFAULT", raising=False)
+    assert (
+        demo.main(["--dag", demo.GENERATE_DAG_ID, "--out", str(tmp_path / "demo"), "--timeout", "400"]) == 0
+    )
+    printed = capsys.readouterr().out
+    results = tmp_path / "demo" / "results"
+    generated = read_manifest(results / "generated")
+    upscaled = read_manifest(results / "upscaled")
+    catalogue = json.loads((EXAMPLE_DAGS / "data" / "prompts.json").read_text())
+    assert len(generated) == len(catalogue) and {r["status"] for r in generated.values()} == {"generated"}
+    outputs = sum(len(r["output_ids"]) for r in generated.values())
+    assert outputs == sum(item.get("num_outputs", 2) for item in catalogue)
+    assert {r["input"] for r in upscaled.values()} == {o for r in generated.values() for o in r["output_ids"]}
+    # charged by the emulator's ledger: Σ num_outputs for the prompts, 1 per upscale
+    assert f"Emulator ledger: {2 * outputs} credits charged" in printed
+    assert (results / "contact_sheet.png").is_file()

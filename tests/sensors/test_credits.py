@@ -49,7 +49,15 @@ def test_defaults():
     assert sensor.stablecog_conn_id == "stablecog_default"
     assert sensor.poke_interval == 60
     assert sensor.reserve == 0
-    assert set(sensor.template_fields) == {"min_credits", "inputs", "destination", "reserve", "max_credits"}
+    assert set(sensor.template_fields) == {
+        "min_credits",
+        "inputs",
+        "prompts",
+        "generation_defaults",
+        "destination",
+        "reserve",
+        "max_credits",
+    }
 
 
 @pytest.mark.parametrize(

@@ -132,3 +132,44 @@ def test_execution_timeout_then_retries_pay_nothing_twice(stack, plan2_emulator,
     assert tries >= 2, "no try timed out: the test proved nothing"
     outcome = _check_delivery(stack, emulator, dag_id, run_id, dest, bound=3 * (tries - 1))
     print(f"{tries} tries, {outcome}")
+
+
+def test_sigkill_then_retry_of_a_generation_pays_nothing_twice(stack, plan2_emulator, tmp_path):
+    """SIGKILL the generate task after >= 20 credits were charged; the retry finds the generations the
+    killed try had in flight in the outputs listing (prompt + seed) and pays for none of them again."""
+    emulator = plan2_emulator
+    emulator.reset()
+    emulator.configure(latency=1.0)
+    dag_id, dest, count = "testbed_kill_generate", tmp_path / "kill-generate", 30
+    run_id = stack.trigger(dag_id, conf={"count": count, "destination": str(dest)})
+    deadline = time.monotonic() + 300
+    while (ledger := emulator.ledger())["charged"] < 20:
+        assert time.monotonic() < deadline, stack.diagnostics(dag_id, run_id)
+        assert stack.run_state(dag_id, run_id) not in ("success", "failed"), stack.diagnostics(dag_id, run_id)
+        time.sleep(0.2)
+    in_flight = emulator.ledger()["generations_in_flight"]
+    pid = stack.kill_task(dag_id, run_id, "generate")
+    print(f"killed task pid {pid} at {ledger['charged']} credits charged, {in_flight} generations in flight")
+    stack.wait_run(dag_id, run_id, 400, check=True)
+    assert stack.task_instance(dag_id, run_id, "generate")["try_number"] == 2
+
+    results = stack.xcom(dag_id, run_id, "generate")
+    summary = stack.xcom(dag_id, run_id, "generate", key="summary")
+    net = emulator.ledger()["net_charged"]
+    facts = f"net_charged={net}, summary={summary}, in flight at the kill={in_flight}"
+    print(facts)
+    assert len(results) == count and {r["status"] for r in results} <= {"generated", "skipped"}, facts
+    assert net == 2 * count, facts  # every prompt paid exactly once, by the emulator's ledger
+    assert summary["possibly_double_charged"] == 0, facts
+    known = (
+        summary["credits_charged_earlier"]
+        + summary["credits_charged_this_try"]
+        + summary.get("credits_adopted_from_earlier_tries", 0)
+    )
+    assert known == net, facts  # the spend report accounts for every credit
+    manifest = read_manifest(dest)
+    assert len(manifest) == count, facts
+    files = list(dest.glob("*.jpg"))
+    assert len(files) == 2 * count, facts
+    for record in manifest.values():
+        assert len(record["paths"]) == 2 and all(Path(p).is_file() for p in record["paths"]), record
