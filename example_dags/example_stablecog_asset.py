@@ -34,6 +34,7 @@ import pendulum
 from airflow.sdk import DAG, Asset, Param, task
 
 from airflow_provider_stablecog.operators.upscale import UpscaleOperator
+from airflow_provider_stablecog.retry_policy import stablecog_retry_policy
 
 DESTINATION = os.environ.get("STABLECOG_EXAMPLE_ASSET_DESTINATION", "/tmp/stablecog-example/asset")
 SAMPLES_URL = os.environ.get("STABLECOG_EXAMPLE_SAMPLES_URL", "http://127.0.0.1:8765").rstrip("/")
@@ -64,6 +65,7 @@ with DAG(
         inputs=images(),
         destination=DESTINATION,  # literal: UpscaleOperator adds Asset(ASSET_URI) to its outlets
         retries=2,
+        retry_policy=stablecog_retry_policy(),  # 401 fails at once, 429 waits, 5xx retries
         retry_delay=timedelta(seconds=10),
     )
 

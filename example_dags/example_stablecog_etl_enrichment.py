@@ -36,6 +36,7 @@ import pendulum
 from airflow.sdk import DAG, Param, task
 
 from airflow_provider_stablecog.operators.upscale import UpscaleOperator
+from airflow_provider_stablecog.retry_policy import stablecog_retry_policy
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CATALOGUE_SAMPLES_URL = "http://127.0.0.1:8765"  # what the bundled catalogue's image URLs start with
@@ -102,6 +103,7 @@ with DAG(
         destination="{{ params.destination }}",
         max_failed_ratio=0.25,  # a dead product image must not stop the load
         retries=2,  # a retry resumes from the checkpoint: paid images are not paid again
+        retry_policy=stablecog_retry_policy(),  # 401 fails at once, 429 waits, 5xx retries
         retry_delay=timedelta(seconds=10),
     )
 

@@ -36,6 +36,7 @@ from airflow.sdk import DAG, Param, task
 
 from airflow_provider_stablecog.operators.generate import StablecogGenerateOperator
 from airflow_provider_stablecog.operators.upscale import UpscaleOperator
+from airflow_provider_stablecog.retry_policy import stablecog_retry_policy
 from airflow_provider_stablecog.sensors.credits import StablecogCreditsSensor
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -92,6 +93,7 @@ with DAG(
         destination="{{ params.destination }}/generated",
         max_failed_ratio=0.25,  # a prompt refused by moderation must not stop the others
         retries=2,
+        retry_policy=stablecog_retry_policy(),  # 401 fails at once, 429 waits, 5xx retries
         retry_delay=timedelta(seconds=10),
         **GENERATION,
     )
@@ -100,6 +102,7 @@ with DAG(
         inputs=generate.output_ids,  # the flat list of output IDs: no re-upload
         destination="{{ params.destination }}/upscaled",
         retries=2,
+        retry_policy=stablecog_retry_policy(),  # 401 fails at once, 429 waits, 5xx retries
         retry_delay=timedelta(seconds=10),
     )
 

@@ -55,6 +55,7 @@ import pendulum
 from airflow.sdk import DAG, Param, task
 
 from airflow_provider_stablecog.operators.upscale import UpscaleOperator
+from airflow_provider_stablecog.retry_policy import stablecog_retry_policy
 from airflow_provider_stablecog.sensors.credits import StablecogCreditsSensor
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
@@ -142,6 +143,7 @@ with DAG(
         credit_reserve=0,
         max_failed_ratio=0.05,  # a few broken files must not block the daily batch
         retries=2,  # a retry resumes from the checkpoint: paid images are not paid again
+        retry_policy=stablecog_retry_policy(),  # 401 fails at once, 429 waits, 5xx retries
         retry_delay=timedelta(seconds=10),
     )
 

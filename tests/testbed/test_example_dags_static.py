@@ -122,3 +122,20 @@ def _no_examples(dagbag_class) -> dict:
         if "include_examples" in inspect.signature(dagbag_class).parameters
         else {}
     )
+
+
+def test_paid_tasks_carry_the_stablecog_retry_policy_on_3_3(bag):
+    from airflow_provider_stablecog.compat import AIRFLOW_V_3_3_PLUS
+    from airflow_provider_stablecog.retry_policy import StablecogTaskRetryPolicy
+
+    paid = [
+        (dag_id, task)
+        for dag_id, dag in bag.dags.items()
+        for task in dag.tasks
+        if task.task_type in ("UpscaleOperator", "StablecogGenerateOperator")
+        and not hasattr(task, "partial_kwargs")
+    ]
+    assert len(paid) >= 6
+    for dag_id, task in paid:
+        policy = getattr(task, "retry_policy", None)
+        assert isinstance(policy, StablecogTaskRetryPolicy) == AIRFLOW_V_3_3_PLUS, f"{dag_id}.{task.task_id}"
