@@ -21,7 +21,10 @@ The coordinator starts a paid upscale only while
   goes **down** between fresh reads of ``/v1/credits`` (answers arrive out of charge order: an
   older, higher ``remaining_credits`` never replaces a newer, lower one), and a fresh read is made
   when the floor blocks work with nothing in flight (refunds may have raised it),
-* no fatal error (``insufficient_credits``, 401, 403) has been seen and no stop was requested.
+* no fatal error (``insufficient_credits``, 401, 403) has been seen and no stop was requested,
+* with a budget (``max_credits``): what this task may have spent — across its earlier tries (read
+  from the ledger, :func:`~airflow_provider_stablecog.ledger.spent_by`), charged this try, lost
+  answers that may have been charged, and paid requests in flight — plus its cost stays within it.
 
 Items known to be free (output IDs the server already upscaled) are sent regardless of balance
 and reserve.
@@ -89,6 +92,9 @@ class BatchOptions:
     #: resend items that were in flight when an earlier try died, or whose answer was lost
     #: (each such request may have been charged: the resend is reported as possibly double-charged)
     resend_possibly_charged: bool = True
+    #: the most this task may spend across all its tries (``None``: no budget); the ledger's
+    #: ``owner`` says whose earlier spend counts
+    max_credits: int | None = None
 
 
 @dataclass
@@ -103,6 +109,13 @@ class BatchPlan:
     in_flight_at_crash: list[str]
     credits_needed: int
     charged_before: int
+    #: the budget, and what this task may have spent on earlier tries (counting possible charges)
+    max_credits: int | None = None
+    budget_spent: int = 0
+
+    @property
+    def budget_left(self) -> int | None:
+        return None if self.max_credits is None else max(0, self.max_credits - self.budget_spent)
 
 
 @dataclass
@@ -129,6 +142,9 @@ class BatchReport:
     adopted: int = 0
     #: credits of adopted answers whose request was sent by an earlier try (charged before this one)
     adopted_credits_earlier: int = 0
+    #: the budget, and what this task may have spent in all its tries so far, this one included
+    max_credits: int | None = None
+    budget_spent: int = 0
 
     def result_for(self, identity: str) -> ItemRecord:
         return self.results[self.key_of[identity]]
@@ -181,7 +197,7 @@ class UpscaleBatch:
         self._uploads: dict[str, tuple[bytes | None, str]] = {}
         self._crash_pending: dict[str, list[str]] = {}
         self._lost: Counter[str] = Counter()
-        self._lost_now: set[str] = set()  # keys whose answer was lost by this try (not an earlier one)
+        self._lost_keys: set[str] = set()  # keys whose answer was lost by this try (not an earlier one)
         self._adopted = self._adopted_earlier = 0
         self._permanent: set[str] = set()
         self._plan: BatchPlan | None = None
@@ -247,6 +263,8 @@ class UpscaleBatch:
             in_flight_at_crash=crashed,
             credits_needed=credits_needed(to_upscale, known, free, self._costs(to_upscale)),
             charged_before=charged_before,
+            max_credits=self.options.max_credits,
+            budget_spent=self.ledger.spent_before,
         )
         if crashed:
             self.log.warning(
@@ -334,6 +352,7 @@ class UpscaleBatch:
         self._max_in_flight = 0
         self._charged_now = 0
         self._double_now = 0
+        self._lost_now = 0  # paid requests whose answer was lost this try: each may have been charged
         self._sent_any = False
         self._fresh_read_done = False
         # requests at the server at once; workers write the ledger outside a slot, so durable
@@ -366,7 +385,11 @@ class UpscaleBatch:
                     break
                 self._dispatch(pending, upscales, up_pool)
                 if not upscales and not downloads:
-                    if pending and self._refresh_balance():
+                    if (
+                        pending
+                        and not self._over_budget(0, self._cost(pending[0]))
+                        and self._refresh_balance()
+                    ):
                         continue
                     break  # nothing in flight and nothing may start: the rest is not started
                 done, _ = wait([*upscales, *downloads], timeout=0.5, return_when=FIRST_COMPLETED)
@@ -411,6 +434,8 @@ class UpscaleBatch:
             done_status=self.kind.done_status,
             adopted=self._adopted,
             adopted_credits_earlier=self._adopted_earlier,
+            max_credits=self.options.max_credits,
+            budget_spent=self._budget_used(0),
         )
 
     def _finish_ledger(self) -> None:
@@ -433,9 +458,22 @@ class UpscaleBatch:
     def _may_start(self, key: str, paid_in_flight: int) -> bool:
         if self._fatal is not None or self.stop_event.is_set():
             return False
-        if self._is_free(key) or self._balance is None:
+        if self._is_free(key):
             return True
-        return self._balance - paid_in_flight - self._cost(key) >= self.options.credit_reserve
+        cost = self._cost(key)
+        if self._over_budget(paid_in_flight, cost):
+            return False
+        return self._balance is None or self._balance - paid_in_flight - cost >= self.options.credit_reserve
+
+    def _budget_used(self, paid_in_flight: int) -> int:
+        """What this task may have spent: earlier tries, this try's charges and lost answers, in flight."""
+        before = self._plan.budget_spent if self._plan is not None else 0
+        return before + self._charged_now + self._lost_now + paid_in_flight
+
+    def _over_budget(self, paid_in_flight: int, cost: int = 1) -> bool:
+        """One more paid request (of ``cost`` credits) could take this task past ``max_credits``."""
+        limit = self.options.max_credits
+        return limit is not None and self._budget_used(paid_in_flight) + cost > limit
 
     def _dispatch(self, pending: deque[str], upscales: dict[Future, str], pool: ThreadPoolExecutor) -> None:
         # one item queued per slot beyond the ones at the server, so each slot is refilled at once
@@ -540,8 +578,9 @@ class UpscaleBatch:
             record.pending = [n for n in record.pending if n not in crashed]
             record.adopted += 1
             self._adopted += 1
-            if key in self._lost_now:  # lost by this try: charged after credits_start
+            if key in self._lost_keys:  # lost by this try: charged after credits_start
                 self._charged_now += cost
+                self._lost_now -= cost  # no longer "may have been charged": it was, once
             else:  # sent by a try that died: charged before this one, never counted
                 self._adopted_earlier += cost
         self.log.warning(
@@ -651,6 +690,9 @@ class UpscaleBatch:
         """A sent request without an answer: maybe charged. Resend (reported) or give up on it."""
         key = record.key
         self._lost[key] += 1
+        if not self._is_free(key):
+            with self._lock:
+                self._lost_now += self._cost(key)
         cancelled = isinstance(exc, StablecogCancelledError) or self.stop_event.is_set()
         if cancelled or pending is None:
             record.fail(
@@ -663,7 +705,7 @@ class UpscaleBatch:
         if self.options.resend_possibly_charged and self._lost[key] <= MAX_LOST_ANSWERS:
             with self._lock:
                 self._crash_pending[key] = list(record.pending)
-                self._lost_now.add(key)
+                self._lost_keys.add(key)
             self.log.warning("%s — resending it (reported as possibly double-charged)", exc.message)
             pending.appendleft(key)
             return
@@ -786,6 +828,18 @@ class UpscaleBatch:
             code, why = self._fatal.code, f"the batch stopped on {self._fatal.code}"
         elif self.stop_event.is_set():
             code, why = "cancelled", "the task was stopped"
+        elif self._over_budget(0, self._cost(pending[0])):
+            used = self._budget_used(0)
+            for key in pending:
+                record = self.results[key]
+                record.fail(
+                    NOT_STARTED,
+                    "max_credits",
+                    f"{record.input}: not started: this task's budget max_credits={self.options.max_credits} "
+                    f"is spent ({used} credits across its tries, counting requests that may have been "
+                    "charged); raise max_credits and clear the task to finish it (nothing done is paid again)",
+                )
+            return
         elif (self._balance or 0) < 1:
             code, why = "insufficient_credits", f"the balance is {self._balance} credits"
         else:

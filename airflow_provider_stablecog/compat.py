@@ -36,7 +36,9 @@ __all__ = [
     "AirflowTaskTimeout",
     "TaskDeferred",
     "conf",
+    "drop_unsupported_arguments",
     "get_base_airflow_version_tuple",
+    "task_identity",
     "task_state_store",
 ]
 
@@ -121,3 +123,36 @@ def task_state_store(context: Mapping[str, Any], log: logging.Logger | Any) -> A
         lacking = f"Airflow {__version__} has no task state store (it came in Airflow 3.3)"
     log.warning(NO_STATE_STORE_MESSAGE, lacking)
     return None
+
+
+#: BaseOperator arguments that came in a later Airflow line than 3.1: dropped (a no-op) on lines
+#: that lack them, so one DAG file runs on every supported line.
+NEWER_OPERATOR_ARGUMENTS: dict[str, bool] = {"retry_policy": AIRFLOW_V_3_3_PLUS}
+
+
+def drop_unsupported_arguments(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``kwargs`` without the BaseOperator arguments this Airflow line does not know.
+
+    ``retry_policy`` (rule-based retries, Airflow 3.3) is dropped on 3.1 and 3.2, where the task
+    keeps Airflow's plain ``retries``; other arguments are passed through untouched.
+    """
+    for name, supported in NEWER_OPERATOR_ARGUMENTS.items():
+        if not supported and name in kwargs:
+            kwargs = {k: v for k, v in kwargs.items() if k != name}
+            logging.getLogger(__name__).debug("%s needs a newer Airflow: ignored", name)
+    return kwargs
+
+
+def task_identity(context: Mapping[str, Any]) -> str | None:
+    """This task instance across its tries: ``dag_id/run_id/task_id`` (+ ``/map_index`` if mapped).
+
+    What a budget (``max_credits``) is counted against; ``None`` outside a task (no ``ti``).
+    """
+    ti = context.get("ti")
+    if ti is None:
+        return None
+    parts = [str(getattr(ti, name, "")) for name in ("dag_id", "run_id", "task_id")]
+    map_index = getattr(ti, "map_index", -1)
+    if isinstance(map_index, int) and map_index >= 0:
+        parts.append(str(map_index))
+    return "/".join(parts)

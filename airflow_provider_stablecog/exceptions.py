@@ -8,7 +8,8 @@ What happens next is decided by class, never by message text::
     ├── StablecogConfigError            bad connection or arguments; no request was sent
     ├── StablecogFatalError             stop the whole batch at once; retrying cannot help
     │   ├── StablecogAuthError          401 Unauthorized, 403 user_banned
-    │   └── InsufficientCreditsError    400 insufficient_credits (never retried)
+    │   ├── InsufficientCreditsError    400 insufficient_credits (never retried)
+    │   └── StablecogBudgetExceededError  the task's ``max_credits`` is spent (no request sent)
     ├── StablecogInputError             this one item is bad (invalid_image_url, output_not_found,
     │   │                               image_url_width_height_error, invalid_model_id, ...)
     │   └── ImageProbablyBrokenError    the worker failed twice on this input (image_probably_broken)
@@ -181,6 +182,12 @@ class InsufficientCreditsError(StablecogFatalError):
     """400 insufficient_credits. Never retried."""
 
     default_code = "insufficient_credits"
+
+
+class StablecogBudgetExceededError(StablecogFatalError):
+    """The task's budget (``max_credits``) is spent across its tries: a retry cannot help."""
+
+    default_code = "max_credits"
 
 
 class StablecogInputError(StablecogError):

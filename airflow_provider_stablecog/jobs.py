@@ -145,7 +145,7 @@ class GenerateJob(JobKind):
         return item.init_image if item.needs_upload else None
 
     def stamp(self, item: GenerationItem, record: ItemRecord) -> None:
-        record.seed = item.seed
+        record.seed, record.price = item.seed, item.num_outputs
 
     def charges_again(self, item: GenerationItem) -> bool:
         return True

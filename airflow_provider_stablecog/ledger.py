@@ -117,6 +117,8 @@ class ItemRecord:
     :param credits_charged: credits this item cost, across every try (answers that were charged).
     :param pending: nonces of requests sent and not (yet) answered. Non-empty after a crash means
         "in flight when the task died: it may have been charged".
+    :param sent_by: the task instance that sent the item's last request (``dag/run/task[/map]``),
+        so a task's spend across its tries can be read back from any store (``max_credits``).
     :param possibly_double_charged: requests of this item that may have been charged without an
         answer (in flight at a crash, or an answer lost after the server charged) and were sent
         again — each may have cost its price once more than :attr:`credits_charged` says.
@@ -129,6 +131,8 @@ class ItemRecord:
         a lost answer is looked for among the outputs created after it.
     :param adopted: answers lost (or in flight at a crash) that were found again in Stablecog's
         outputs listing and adopted instead of paying again.
+    :param price: credits one request for this item costs (1 for an upscale, ``num_outputs`` for a
+        generation): what a request without an answer may have been charged.
     """
 
     key: str
@@ -145,6 +149,7 @@ class ItemRecord:
     credits_charged: int = 0
     possibly_double_charged: int = 0
     pending: list[str] = field(default_factory=list)
+    sent_by: str | None = None
     finished_at: str | None = None
     rev: str | None = None
     output_ids: list[str] = field(default_factory=list)
@@ -153,6 +158,7 @@ class ItemRecord:
     seed: int | None = None
     sent_at: str | None = None
     adopted: int = 0
+    price: int = 1
 
     # -- the one rule --------------------------------------------------------------------------
 
@@ -160,6 +166,14 @@ class ItemRecord:
     def paid(self) -> bool:
         """Already paid for: the server answered with a result URL. Never pay for it again."""
         return bool(self.url)
+
+    @property
+    def possibly_spent(self) -> int:
+        """The most this item may have cost: its charged answers, its resends that may have been
+        charged twice, and its requests still without an answer (each may have been charged its
+        :attr:`price`)."""
+        unanswered = self.possibly_double_charged + (0 if self.paid else len(self.pending))
+        return self.credits_charged + unanswered * self.price
 
     @property
     def in_flight_at_crash(self) -> bool:
@@ -271,10 +285,11 @@ class ItemRecord:
             record.pending = (
                 [str(n) for n in (record.pending or [])] if isinstance(record.pending, list) else []
             )
+            record.price = max(1, int(record.price or 1))
             for name in ("output_ids", "urls", "paths"):
                 value = getattr(record, name)
                 setattr(record, name, [str(v) for v in value] if isinstance(value, list) else [])
-            for name in ("output_id", "url", "path", "input", "status", "error", "message"):
+            for name in ("output_id", "url", "path", "input", "status", "error", "message", "sent_by"):
                 value = getattr(record, name)
                 if value is not None and not isinstance(value, str):
                     setattr(record, name, str(value))
@@ -313,6 +328,17 @@ def credits_needed(
     """
     free = set(free)
     return sum((cost or {}).get(k, 1) for k in keys if k not in free and not (k in known and known[k].paid))
+
+
+def spent_by(records: Iterable[ItemRecord], owner: str | None) -> int:
+    """The most the task instance ``owner`` may have spent on these records, across its tries.
+
+    The one rule a budget (``max_credits``) is read from: :attr:`ItemRecord.possibly_spent` of every
+    record whose last request that task sent. ``None`` (no task identity) owns nothing.
+    """
+    if owner is None:
+        return 0
+    return sum(r.possibly_spent for r in records if r.sent_by == owner)
 
 
 # -- stores ----------------------------------------------------------------------------------------
@@ -561,13 +587,18 @@ class Ledger:
         store: StateStore | None = None,
         destination: ObjectStoragePath | None = None,
         log: logging.Logger | Any | None = None,
+        owner: str | None = None,
     ) -> None:
+        """``owner``: the task instance writing (stamped as ``sent_by`` on what it sends)."""
         self.state = StateStoreLedger(store) if store is not None else None
         self.dest = DestinationLedger(destination) if destination is not None else None
         self.log = log or logging.getLogger(__name__)
+        self.owner = owner
         self.records: dict[str, ItemRecord] = {}
         self.images: set[str] = set()
         self.damaged = 0
+        #: what ``owner`` may have spent before this try, on any item (set by :meth:`load`)
+        self.spent_before = 0
         self._touched: set[str] = set()
         self._lock = threading.Lock()
 
@@ -596,6 +627,7 @@ class Ledger:
                 self.images = self.dest.images_present()
             except OSError:
                 self.images = set()
+        self.spent_before = spent_by(found.values(), self.owner)
         if keys is not None:
             wanted = set(keys)
             found = {k: r for k, r in found.items() if k in wanted}
@@ -621,6 +653,8 @@ class Ledger:
             if not record.pending:  # the oldest request without an answer: lost outputs are newer
                 record.sent_at = datetime.now(UTC).isoformat(timespec="milliseconds")
             record.pending = [*record.pending, nonce]
+            if self.owner is not None:
+                record.sent_by = self.owner
         self.save(record)
         return nonce
 
@@ -694,4 +728,5 @@ __all__ = [
     "image_name",
     "item_key",
     "load_destination",
+    "spent_by",
 ]

@@ -200,3 +200,35 @@ def test_four_writers_on_a_destination_of_5000_records_lose_nothing(tmp_path, tr
     _write_concurrently(target, tasks=4, per_task=25)
     loaded = Ledger(destination=target).load()
     assert len(loaded) == 5100 and all(r.paid for r in loaded.values())
+
+
+def test_spent_by_counts_what_may_have_been_charged_by_that_task_only():
+    from airflow_provider_stablecog.ledger import spent_by
+
+    mine = [
+        ItemRecord(key="a" * 32, url="u", credits_charged=1, sent_by="d/r/t"),  # answered: 1
+        ItemRecord(key="b" * 32, pending=["n1"], sent_by="d/r/t"),  # in flight at a crash: maybe 1
+        ItemRecord(key="c" * 32, url="u", credits_charged=1, possibly_double_charged=1, sent_by="d/r/t"),
+        ItemRecord(key="d" * 32, status="failed", sent_by="d/r/t"),  # refused, never charged: 0
+    ]
+    other = [ItemRecord(key="e" * 32, url="u", credits_charged=1, sent_by="d/r2/t")]
+    assert spent_by([*mine, *other], "d/r/t") == 4
+    assert spent_by([*mine, *other], None) == 0
+    back = ItemRecord.from_dict(mine[1].state_value())
+    assert back is not None and back.sent_by == "d/r/t" and back.possibly_spent == 1
+
+
+def test_the_ledger_stamps_its_owner_and_reads_its_spend_back(tmp_path):
+    from airflow.sdk import ObjectStoragePath
+
+    dest = ObjectStoragePath(f"file://{tmp_path}")
+    ledger = Ledger(destination=dest, owner="d/r/t")
+    record = ItemRecord(key="f" * 32, input="x")
+    ledger.sent(record)  # then the task dies: no answer
+    assert record.sent_by == "d/r/t"
+    again = Ledger(destination=dest, owner="d/r/t")
+    again.load()
+    assert again.spent_before == 1
+    other = Ledger(destination=dest, owner="d/r2/t")
+    other.load()
+    assert other.spent_before == 0

@@ -41,6 +41,7 @@ class StablecogBatchOperator(BaseOperator):
     max_concurrency: int | None
     rate_limit: float | None
     credit_reserve: int
+    max_credits: int | str | None = None
     max_failed_ratio: float
     fail_on_not_started: bool
     _stop: threading.Event | None = None
@@ -66,6 +67,18 @@ class StablecogBatchOperator(BaseOperator):
             self.hook.client.cancel()
 
     # -- steps shared by the batch operators ---------------------------------------------------
+
+    def _rendered_budget(self) -> int | None:
+        """``max_credits`` once rendered (a template renders to a string), or a clear error."""
+        from airflow_provider_stablecog.exceptions import StablecogConfigError
+        from airflow_provider_stablecog.utils.inputs import as_count
+
+        if self.max_credits is None or (isinstance(self.max_credits, str) and not self.max_credits.strip()):
+            return None
+        try:
+            return as_count(self.max_credits, "max_credits")
+        except ValueError as exc:
+            raise StablecogConfigError(f"{exc}; nothing was sent or charged", code="config_error") from None
 
     def _starting_credits(self) -> int:
         """The balance before the batch; a rejected key fails the task without retries."""
@@ -128,6 +141,13 @@ class StablecogBatchOperator(BaseOperator):
             balance.append(("credits after", report.balance_measured_after))
             if report.credits_start is not None:
                 balance.append(("balance change", report.balance_measured_after - report.credits_start))
+        budget: list[tuple[str, Any]] = []
+        if report.max_credits is not None:
+            budget = [
+                ("budget max_credits", report.max_credits),
+                ("budget spent", report.budget_spent),
+                ("budget left", max(0, report.max_credits - report.budget_spent)),
+            ]
         rows = [
             ("inputs", len(plan.positions)),
             ("unique", len(plan.unique)),
@@ -137,6 +157,7 @@ class StablecogBatchOperator(BaseOperator):
             *self._adopted_rows(report),
             ("possibly double-charged", report.possibly_double_charged),
             *balance,
+            *budget,
             ("max in flight", report.max_in_flight),
             ("elapsed", f"{report.elapsed:.1f} s"),
             (f"{self.unit}/s", f"{rate:.2f}"),
@@ -176,7 +197,7 @@ class StablecogBatchOperator(BaseOperator):
 
     def _raise_if_incomplete(self, report: BatchReport, plan: Any) -> None:
         from airflow_provider_stablecog.compat import AirflowException, AirflowFailException
-        from airflow_provider_stablecog.exceptions import StablecogAuthError
+        from airflow_provider_stablecog.exceptions import StablecogAuthError, StablecogBudgetExceededError
 
         failed = [r for r in report.results.values() if r.status == "failed"]
         messages = [b.message for b in plan.invalid] + [r.message or r.error or "" for r in failed]
@@ -193,6 +214,13 @@ class StablecogBatchOperator(BaseOperator):
             raise AirflowFailException(
                 f"{report.fatal}. Finished {self.unit} are kept ({report.upscaled_now} this try)."
             )
+        if not_started and self.fail_on_not_started and all(r.error == "max_credits" for r in not_started):
+            # a retry would start nothing either: fail at once (on every Airflow line)
+            raise AirflowFailException(
+                f"{len(not_started)} of {len(plan.unique)} {self.unit} were not started: max_credits={report.max_credits} "
+                f"is spent ({report.budget_spent} credits across this task's tries). Raise max_credits and clear "
+                "the task to finish them; nothing done is paid again"
+            ) from StablecogBudgetExceededError(not_started[0].message or "", code="max_credits")
         if not_started and self.fail_on_not_started:
             raise AirflowException(
                 f"{len(not_started)} of {len(plan.unique)} {self.unit} were not started: {not_started[0].message}"
@@ -242,6 +270,10 @@ def validate_static(op: StablecogBatchOperator) -> None:
         raise ValueError(f"max_concurrency must be a positive integer, got {op.max_concurrency!r}")
     if not isinstance(op.credit_reserve, int) or op.credit_reserve < 0:
         raise ValueError(f"credit_reserve must be an integer >= 0, got {op.credit_reserve!r}")
+    if op.max_credits is not None and not (isinstance(op.max_credits, str) and "{{" in op.max_credits):
+        from airflow_provider_stablecog.utils.inputs import as_count
+
+        as_count(op.max_credits, "max_credits")  # a template is checked once rendered
     if not 0.0 <= float(op.max_failed_ratio) <= 1.0:
         raise ValueError(f"max_failed_ratio must be between 0.0 and 1.0, got {op.max_failed_ratio!r}")
     if op.rate_limit is not None and op.rate_limit < 0:

@@ -21,6 +21,7 @@ import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from airflow_provider_stablecog.compat import drop_unsupported_arguments, task_identity
 from airflow_provider_stablecog.hooks.stablecog import StablecogHook
 from airflow_provider_stablecog.operators.base import (
     MAX_ERRORS_SHOWN,
@@ -49,12 +50,19 @@ class UpscaleOperator(StablecogBatchOperator):
         concurrency + 1 (the server runs one more than the plan and holds the rest).
     :param rate_limit: requests/s for this task; default: the connection's ``rate_limit`` extra.
     :param credit_reserve: never start an upscale that could take the balance below this.
+    :param max_credits: a budget: the most this task may spend **across all its tries** (retries
+        and clears of the same task instance). What earlier tries spent is read from the ledger
+        (the state store and the destination), so a retry cannot reset it; requests that may have
+        been charged without an answer count as spent. Items past the budget are left
+        ``not_started`` (code ``max_credits``) and the task fails without retrying; the summary
+        shows budget, spent and left. ``None`` (default): no budget. Templated (e.g. the credits
+        a human approved: ``"{{ ti.xcom_pull(task_ids='price')['credits_needed'] }}"``).
     :param max_failed_ratio: the share of items that may fail before the task fails (0.0: any
         failure fails the task, after every item was tried and the manifest saved).
     :param fail_on_not_started: fail the task when items could not be started (no credits,
         reserve reached, a fatal error), so a retry after a top-up finishes them. Default True.
     :param dry_run: send no upscale; log and return the plan (to do, already done, invalid,
-        credits needed vs. remaining).
+        credits needed vs. remaining and vs. ``max_credits``).
     :param resend_possibly_charged: what to do with an item whose request may have been charged
         without an answer: in flight when an earlier try died (SIGKILL, OOM, ``execution_timeout``)
         or its answer lost (connection reset, read timeout). ``True`` (default) sends it again, so
@@ -70,7 +78,7 @@ class UpscaleOperator(StablecogBatchOperator):
         totals as its event's ``extra``.
     """
 
-    template_fields: Sequence[str] = ("inputs", "destination", "model_id")
+    template_fields: Sequence[str] = ("inputs", "destination", "model_id", "max_credits")
     template_fields_renderers = {"inputs": "json"}  # noqa: RUF012 -- Airflow reads it from the class
     ui_color = "#d8c8f0"
 
@@ -84,6 +92,7 @@ class UpscaleOperator(StablecogBatchOperator):
         max_concurrency: int | None = None,
         rate_limit: float | None = None,
         credit_reserve: int = 0,
+        max_credits: int | str | None = None,
         max_failed_ratio: float = 0.0,
         fail_on_not_started: bool = True,
         dry_run: bool = False,
@@ -95,7 +104,7 @@ class UpscaleOperator(StablecogBatchOperator):
     ) -> None:
         if kwargs.get("map_index_template") is None:
             kwargs["map_index_template"] = "{{ stablecog_batch_label }}"
-        super().__init__(**kwargs)
+        super().__init__(**drop_unsupported_arguments(kwargs))
         self.inputs = inputs
         self.destination = destination
         self.model_id = model_id
@@ -103,6 +112,7 @@ class UpscaleOperator(StablecogBatchOperator):
         self.max_concurrency = max_concurrency
         self.rate_limit = rate_limit
         self.credit_reserve = credit_reserve
+        self.max_credits = max_credits
         self.max_failed_ratio = max_failed_ratio
         self.fail_on_not_started = fail_on_not_started
         # not ``self.dry_run``: that would shadow BaseOperator.dry_run()
@@ -126,6 +136,7 @@ class UpscaleOperator(StablecogBatchOperator):
         from airflow_provider_stablecog.utils.inputs import coerce_input_list, plan_inputs
 
         self._stop = threading.Event()
+        max_credits = self._rendered_budget()
         plan = plan_inputs(coerce_input_list(self.inputs))
         # a mapped chunk is labelled; an unmapped task renders "" (Airflow then shows no "Map Index")
         ti = context.get("ti")
@@ -137,11 +148,23 @@ class UpscaleOperator(StablecogBatchOperator):
         self.hook.pool_size = max(self.hook.pool_size, concurrency + 4)
         model_id = self._checked_model_id()
         destination = self._prepare_destination()
-        ledger = Ledger(store=task_state_store(context, self.log), destination=destination, log=self.log)
+        ledger = Ledger(
+            store=task_state_store(context, self.log),
+            destination=destination,
+            log=self.log,
+            owner=task_identity(context),
+        )
+        if max_credits is not None and ledger.state is None and ledger.dest is None:
+            self.log.warning(
+                "max_credits=%d counts this try only: without a destination or the task state store "
+                "(Airflow 3.3) nothing records what earlier tries spent",
+                max_credits,
+            )
         options = BatchOptions(
             model_id=model_id,
             max_concurrency=concurrency,
             credit_reserve=self.credit_reserve,
+            max_credits=max_credits,
             downscale_oversized=self.downscale_oversized,
             progress_interval=self.progress_interval,
             resend_possibly_charged=self.resend_possibly_charged,
@@ -174,6 +197,13 @@ class UpscaleOperator(StablecogBatchOperator):
             if credits is not None
             else "no credit needed",
         )
+        if todo.max_credits is not None:
+            self.log.info(
+                "Budget: max_credits=%d, %d spent by earlier tries, %d left",
+                todo.max_credits,
+                todo.budget_spent,
+                todo.budget_left,
+            )
         report = batch.run(credits)
         self.summary = self._log_summary(report, plan)
         ti = context.get("ti")
@@ -226,6 +256,10 @@ class UpscaleOperator(StablecogBatchOperator):
             "credits_remaining": credits,
             "credit_reserve": self.credit_reserve,
             "enough_credits": credits is not None and credits - todo.credits_needed >= self.credit_reserve,
+            "max_credits": todo.max_credits,
+            "budget_spent": todo.budget_spent,
+            "budget_left": todo.budget_left,
+            "within_budget": todo.budget_left is None or todo.credits_needed <= todo.budget_left,
             "invalid_items": [b.message for b in plan.invalid[:MAX_ERRORS_SHOWN]]
             + [r.message for r in failed[:MAX_ERRORS_SHOWN]],
         }

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseSensorOperator, PokeReturnValue
 
 from airflow_provider_stablecog.compat import conf
+from airflow_provider_stablecog.utils.inputs import as_count
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -58,23 +59,6 @@ class CreditRequirement:
         return self.needed + self.reserve
 
 
-def _as_count(value: Any, name: str) -> int:
-    """A rendered template value → a non-negative int, or a ValueError that says what to do."""
-    number: int | None = None
-    if isinstance(value, int) and not isinstance(value, bool):
-        number = value
-    elif isinstance(value, str) and value.strip().lstrip("+-").isdigit():
-        number = int(value.strip())  # templates render to strings unless render_template_as_native_obj
-    if number is None:
-        raise ValueError(
-            f"{name} must be a whole number of credits (an int >= 0), got {value!r} "
-            f"({type(value).__name__}); fix the argument or the template that renders it"
-        )
-    if number < 0:
-        raise ValueError(f"{name} must be >= 0, got {number}; pass 0 or a positive number of credits")
-    return number
-
-
 class StablecogCreditsSensor(BaseSensorOperator):
     """Wait until the Stablecog account has enough credits for a batch.
 
@@ -92,6 +76,8 @@ class StablecogCreditsSensor(BaseSensorOperator):
     :param destination: the destination of the upscale or generate task (templated, with ``inputs``
         or ``prompts``); items its ledger records as paid for (with a result URL) need no credit.
     :param reserve: credits to keep on top of the requirement (templated int >= 0, default 0).
+    :param max_credits: the budget of the task this sensor gates (its ``max_credits``, templated):
+        that task never spends more, so the requirement is capped at it (the log says so).
     :param deferrable: wait in the triggerer instead of a worker slot; the default comes from
         ``[operators] default_deferrable``.
     :param poke_interval: seconds between checks (default 60; credits polling shares the per-IP
@@ -107,6 +93,7 @@ class StablecogCreditsSensor(BaseSensorOperator):
         "generation_defaults",
         "destination",
         "reserve",
+        "max_credits",
     )
     ui_color = "#dbe7ff"
 
@@ -120,11 +107,14 @@ class StablecogCreditsSensor(BaseSensorOperator):
         generation_defaults: dict[str, Any] | None = None,
         destination: Any = None,
         reserve: int | str = 0,
+        max_credits: int | str | None = None,
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
         poke_interval: timedelta | float = DEFAULT_POKE_INTERVAL,
         **kwargs: Any,
     ) -> None:
-        super().__init__(poke_interval=poke_interval, **kwargs)
+        from airflow_provider_stablecog.compat import drop_unsupported_arguments
+
+        super().__init__(poke_interval=poke_interval, **drop_unsupported_arguments(kwargs))
         given = [
             n
             for n, v in (("min_credits", min_credits), ("inputs", inputs), ("prompts", prompts))
@@ -151,9 +141,9 @@ class StablecogCreditsSensor(BaseSensorOperator):
                 )
             check_defaults(generation_defaults)
         # literal values are checked now; templates are checked once rendered (in poke/execute)
-        for name, value in (("min_credits", min_credits), ("reserve", reserve)):
+        for name, value in (("min_credits", min_credits), ("reserve", reserve), ("max_credits", max_credits)):
             if value is not None and not isinstance(value, str):
-                _as_count(value, name)
+                as_count(value, name)
         self.stablecog_conn_id = stablecog_conn_id
         self.min_credits = min_credits
         self.inputs = inputs
@@ -161,6 +151,7 @@ class StablecogCreditsSensor(BaseSensorOperator):
         self.generation_defaults = dict(generation_defaults or {})
         self.destination = destination
         self.reserve = reserve
+        self.max_credits = max_credits
         self.deferrable = deferrable
 
     @cached_property
@@ -182,15 +173,29 @@ class StablecogCreditsSensor(BaseSensorOperator):
         from airflow_provider_stablecog.exceptions import StablecogConfigError
 
         try:
-            reserve = _as_count(self.reserve, "reserve")
-            if self.prompts is not None:
-                return self._requirement_from_prompts(reserve)
-            if self.inputs is None:
-                needed = _as_count(self.min_credits, "min_credits")
-                return CreditRequirement(needed, reserve, f"min_credits={needed}")
-            return self._requirement_from_inputs(reserve)
+            reserve = as_count(self.reserve, "reserve")
+            if self.inputs is None and self.prompts is None:
+                needed = as_count(self.min_credits, "min_credits")
+                requirement = CreditRequirement(needed, reserve, f"min_credits={needed}")
+            elif self.prompts is not None:
+                requirement = self._requirement_from_prompts(reserve)
+            else:
+                requirement = self._requirement_from_inputs(reserve)
+            if self.max_credits is None:
+                return requirement
+            budget = as_count(self.max_credits, "max_credits")
         except (StablecogConfigError, ValueError) as exc:
             raise AirflowFailException(f"{self.task_id}: {exc}") from None
+        if requirement.needed <= budget:
+            return CreditRequirement(
+                requirement.needed, reserve, f"{requirement.detail}; within max_credits={budget}"
+            )
+        return CreditRequirement(
+            budget,
+            reserve,
+            f"{requirement.detail}; {requirement.needed} needed, capped at max_credits={budget} "
+            "(the task spends no more and leaves the rest not started)",
+        )
 
     def _requirement_from_inputs(self, reserve: int) -> CreditRequirement:
         """Credits the upscale of ``inputs`` into ``destination`` needs: the engine's own plan.

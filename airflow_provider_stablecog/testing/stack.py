@@ -727,6 +727,8 @@ class AirflowStack:
                 if "404" in str(exc):
                     return None
                 raise
+            except TimeoutError:  # an API server slow to answer one poll (a loaded machine): poll again
+                return None
             return ti if ti.get("state") in wanted else None
 
         try:
@@ -754,6 +756,18 @@ class AirflowStack:
             )
 
         wait_until(released, timeout, 0.5, f"the worker of {task_id} to exit")
+        # and the scheduler has taken the exit in (until then an answer, a trigger event or a
+        # reschedule that re-queues the task races the stale "success" of the parked workload)
+        key = f"dag_id='{dag_id}', task_id='{task_id}', run_id='{run_id}'"
+
+        def seen() -> bool:
+            text = log.read_text(errors="replace")
+            return any(
+                "Received executor event" in line and key in line and f"map_index={map_index})" in line
+                for line in text.splitlines()
+            )
+
+        wait_until(seen, timeout, 0.5, f"the scheduler to take in the exit of {task_id}'s worker")
 
     def xcom(
         self, dag_id: str, run_id: str, task_id: str, key: str = "return_value", map_index: int = -1

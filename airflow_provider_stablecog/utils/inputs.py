@@ -278,3 +278,22 @@ def _bad(position: int, shown: str, code: str, what: str) -> InvalidInput:
 
 def _short(text: str, limit: int = 120) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def as_count(value: Any, name: str) -> int:
+    """A (rendered template) value → a whole number of credits >= 0, or a ValueError that says what to do.
+
+    Templates render to strings unless ``render_template_as_native_obj``: ``"12"`` is 12."""
+    number: int | None = None
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    elif isinstance(value, str) and value.strip().lstrip("+-").isdigit():
+        number = int(value.strip())
+    if number is None:
+        raise ValueError(
+            f"{name} must be a whole number of credits (an int >= 0), got {value!r} "
+            f"({type(value).__name__}); fix the argument or the template that renders it"
+        )
+    if number < 0:
+        raise ValueError(f"{name} must be >= 0, got {number}; pass 0 or a positive number of credits")
+    return number

@@ -86,3 +86,26 @@ def test_missing_task_state_store_is_said_once(caplog):
     assert "recorded at the destination" in message and "paid for twice" in message
     if not compat.AIRFLOW_V_3_3_PLUS:
         assert "Airflow 3.3" in message
+
+
+def test_retry_policy_is_accepted_on_every_line():
+    """One DAG file for 3.1-3.3: the ready policy on 3.3, a no-op (argument dropped) before."""
+    from airflow_provider_stablecog.operators.upscale import UpscaleOperator
+    from airflow_provider_stablecog.retry_policy import retry_policy_kwargs, stablecog_retry_policy
+    from airflow_provider_stablecog.sensors.credits import StablecogCreditsSensor
+
+    op = UpscaleOperator(task_id="u", inputs=["x"], retries=2, retry_policy=stablecog_retry_policy())
+    sensor = StablecogCreditsSensor(task_id="s", min_credits=1, retry_policy=stablecog_retry_policy())
+    for task in (op, sensor):
+        assert (getattr(task, "retry_policy", None) is not None) == compat.AIRFLOW_V_3_3_PLUS
+    assert bool(retry_policy_kwargs()) == compat.AIRFLOW_V_3_3_PLUS
+
+
+def test_task_identity_names_the_task_instance_across_tries():
+    class TI:
+        dag_id, run_id, task_id, map_index = "d", "manual__1", "t", -1
+
+    assert compat.task_identity({"ti": TI()}) == "d/manual__1/t"
+    TI.map_index = 3
+    assert compat.task_identity({"ti": TI()}) == "d/manual__1/t/3"
+    assert compat.task_identity({}) is None

@@ -56,6 +56,7 @@ def test_defaults():
         "generation_defaults",
         "destination",
         "reserve",
+        "max_credits",
     }
 
 
@@ -166,6 +167,21 @@ def test_inputs_need_one_credit_per_unique_valid_item(conn, requests_mock):
     assert sensor.poke({}).is_done is True
     sensor.reserve = 1
     assert sensor.poke({}).is_done is False
+
+
+def test_the_requirement_is_capped_at_the_gated_tasks_budget(conn, requests_mock):
+    requests_mock.get(CREDITS_URL, **balance(4))
+    inputs = [f"https://img.example/{i}.png" for i in range(6)]
+    sensor = make(inputs=inputs, max_credits=4)
+    requirement = sensor.requirement()
+    assert (requirement.needed, requirement.total) == (4, 4)
+    assert "6 needed, capped at max_credits=4" in requirement.detail
+    assert sensor.poke({}).is_done is True  # the task spends at most 4: 4 credits are enough
+    sensor.max_credits = "10"  # templated: rendered to a string
+    assert sensor.requirement().needed == 6 and "within max_credits=10" in sensor.requirement().detail
+    sensor.max_credits = "lots"
+    with pytest.raises(AirflowFailException, match="max_credits must be a whole number"):
+        sensor.requirement()
 
 
 def test_one_string_input_is_a_batch_of_one(conn, requests_mock):

@@ -9,6 +9,7 @@ Fixtures (all started lazily, once per session, and stopped even when a test fai
 
     * ``stablecog_default`` → the ``emulator`` fixture (plan concurrency 4);
     * ``stablecog_plan2`` → the ``plan2_emulator`` fixture (plan concurrency 2, for the kill test);
+    * ``stablecog_badkey`` → the ``emulator`` fixture with a key it rejects (401);
     * ``aws_default`` → the ``s3_server`` fixture (``endpoint_url`` in its extra).
 
     Its dags folder holds the example DAGs (``example_dags/``) and the test DAGs of
@@ -52,6 +53,7 @@ prints the scheduler/triggerer logs and the task logs of the run it waited on.
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 import time
@@ -120,6 +122,10 @@ def stack(tmp_path_factory, emulator, plan2_emulator, s3_server, testbed_bucket)
     env = {
         "AIRFLOW_CONN_STABLECOG_DEFAULT": emulator.connection_json(plan_concurrency=4, rate_limit=0),
         "AIRFLOW_CONN_STABLECOG_PLAN2": plan2_emulator.connection_json(plan_concurrency=2, rate_limit=0),
+        # the same emulator with a key it rejects (401), for the retry-policy test
+        "AIRFLOW_CONN_STABLECOG_BADKEY": json.dumps(
+            {"conn_type": "stablecog", "host": emulator.base_url, "password": "sc-" + "0" * 64}
+        ),
         **s3_server.env(),
         "STABLECOG_EXAMPLE_SAMPLES_URL": emulator.base_url,
         "STABLECOG_EXAMPLE_SOURCE": str(root / "incoming"),
