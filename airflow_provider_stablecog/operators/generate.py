@@ -77,6 +77,8 @@ class StablecogGenerateOperator(StablecogBatchOperator):
         (generation has its own counter at the server, separate from upscales).
     :param rate_limit: requests/s for this task; default: the connection's ``rate_limit`` extra.
     :param credit_reserve: never start a generation that could take the balance below this.
+    :param max_credits: a budget: the most this task may spend across all its tries, as for
+        ``UpscaleOperator`` (a prompt counts ``num_outputs``). Templated.
     :param max_failed_ratio: the share of prompts that may fail (e.g. refused by moderation,
         ``nsfw_prompt``) before the task fails, after every prompt was tried and the manifest saved.
     :param fail_on_not_started: fail the task when prompts could not be started (no credits,
@@ -102,6 +104,7 @@ class StablecogGenerateOperator(StablecogBatchOperator):
         "model_id",
         "init_image",
         "num_outputs",
+        "max_credits",
     )
     template_fields_renderers = {"prompts": "json"}  # noqa: RUF012 -- Airflow reads it from the class
     ui_color = "#f0d8c8"
@@ -127,6 +130,7 @@ class StablecogGenerateOperator(StablecogBatchOperator):
         max_concurrency: int | None = None,
         rate_limit: float | None = None,
         credit_reserve: int = 0,
+        max_credits: int | str | None = None,
         max_failed_ratio: float = 0.0,
         fail_on_not_started: bool = True,
         dry_run: bool = False,
@@ -137,7 +141,9 @@ class StablecogGenerateOperator(StablecogBatchOperator):
     ) -> None:
         if kwargs.get("map_index_template") is None:
             kwargs["map_index_template"] = "{{ stablecog_batch_label }}"
-        super().__init__(**kwargs)
+        from airflow_provider_stablecog.compat import drop_unsupported_arguments
+
+        super().__init__(**drop_unsupported_arguments(kwargs))
         self.prompts = prompts
         self.negative_prompt = negative_prompt
         self.model_id = model_id
@@ -154,6 +160,7 @@ class StablecogGenerateOperator(StablecogBatchOperator):
         self.max_concurrency = max_concurrency
         self.rate_limit = rate_limit
         self.credit_reserve = credit_reserve
+        self.max_credits = max_credits
         self.max_failed_ratio = max_failed_ratio
         self.fail_on_not_started = fail_on_not_started
         self.plan_only = dry_run  # not ``self.dry_run``: that would shadow BaseOperator.dry_run()
@@ -192,11 +199,12 @@ class StablecogGenerateOperator(StablecogBatchOperator):
 
     def execute(self, context: Context) -> Any:
         from airflow_provider_stablecog.batch import BatchOptions, UpscaleBatch
-        from airflow_provider_stablecog.compat import task_state_store
+        from airflow_provider_stablecog.compat import task_identity, task_state_store
         from airflow_provider_stablecog.jobs import GenerateJob
         from airflow_provider_stablecog.ledger import Ledger
 
         self._stop = threading.Event()
+        max_credits = self._rendered_budget()
         concurrency = self._concurrency()
         # the session is made at the first request: size its pool for the threads first
         self.hook.pool_size = max(self.hook.pool_size, concurrency + 4)
@@ -206,10 +214,16 @@ class StablecogGenerateOperator(StablecogBatchOperator):
         context["stablecog_batch_label"] = _batch_label(plan) if mapped else ""  # type: ignore[typeddict-unknown-key]
         self._log_invalid(plan)
         destination = self._prepare_destination()
-        ledger = Ledger(store=task_state_store(context, self.log), destination=destination, log=self.log)
+        ledger = Ledger(
+            store=task_state_store(context, self.log),
+            destination=destination,
+            log=self.log,
+            owner=task_identity(context),
+        )
         options = BatchOptions(
             max_concurrency=concurrency,
             credit_reserve=self.credit_reserve,
+            max_credits=max_credits,
             progress_interval=self.progress_interval,
             resend_possibly_charged=self.resend_possibly_charged,
         )
@@ -274,6 +288,10 @@ class StablecogGenerateOperator(StablecogBatchOperator):
             "credits_remaining": credits,
             "credit_reserve": self.credit_reserve,
             "enough_credits": credits is not None and credits - todo.credits_needed >= self.credit_reserve,
+            "max_credits": todo.max_credits,
+            "budget_spent": todo.budget_spent,
+            "budget_left": todo.budget_left,
+            "within_budget": todo.budget_left is None or todo.credits_needed <= todo.budget_left,
             "invalid_items": [b.message for b in plan.invalid[:MAX_ERRORS_SHOWN]]
             + [r.message for r in failed[:MAX_ERRORS_SHOWN]],
         }
