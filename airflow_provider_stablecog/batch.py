@@ -24,7 +24,7 @@ The coordinator starts a paid upscale only while
 * no fatal error (``insufficient_credits``, 401, 403) has been seen and no stop was requested,
 * with a budget (``max_credits``): what this task may have spent — across its earlier tries (read
   from the ledger, :func:`~airflow_provider_stablecog.ledger.spent_by`), charged this try, lost
-  answers that may have been charged, and paid requests in flight — plus its cost stays within it.
+  answers that may have been charged, and paid requests in flight — plus 1 stays within it.
 
 Items known to be free (output IDs the server already upscaled) are sent regardless of balance
 and reserve.
@@ -136,15 +136,15 @@ class BatchReport:
     permanent_failures: set[str] = field(default_factory=set)
     #: an input's identity (``InputItem.key``) → its ledger key
     key_of: dict[str, str] = field(default_factory=dict)
+    #: the budget, and what this task may have spent in all its tries so far, this one included
+    max_credits: int | None = None
+    budget_spent: int = 0
     #: the status of a finished item: ``upscaled`` or ``generated`` (the job kind's)
     done_status: str = UPSCALED
     #: lost answers (or requests in flight at a crash) found again in the outputs listing
     adopted: int = 0
     #: credits of adopted answers whose request was sent by an earlier try (charged before this one)
     adopted_credits_earlier: int = 0
-    #: the budget, and what this task may have spent in all its tries so far, this one included
-    max_credits: int | None = None
-    budget_spent: int = 0
 
     def result_for(self, identity: str) -> ItemRecord:
         return self.results[self.key_of[identity]]
@@ -197,7 +197,7 @@ class UpscaleBatch:
         self._uploads: dict[str, tuple[bytes | None, str]] = {}
         self._crash_pending: dict[str, list[str]] = {}
         self._lost: Counter[str] = Counter()
-        self._lost_keys: set[str] = set()  # keys whose answer was lost by this try (not an earlier one)
+        self._lost_now: set[str] = set()  # keys whose answer was lost by this try (not an earlier one)
         self._adopted = self._adopted_earlier = 0
         self._permanent: set[str] = set()
         self._plan: BatchPlan | None = None
@@ -221,6 +221,7 @@ class UpscaleBatch:
                 record.input, record.model_id = item.display, self.kind.model_of(item)
                 record.error = record.message = None
             self.kind.stamp(item, record)
+            record.cost = self.kind.cost(item)  # what a request may cost: the budget counts unknowns at it
             self.results[key] = record
             if record.paid:
                 outputs = len(record.output_ids) if self.kind.outputs_per_item(item) else None
@@ -249,12 +250,8 @@ class UpscaleBatch:
                 continue
             to_upscale.append(key)
         free, unusable = self.kind.prepare(self.client, {k: self.items[k] for k in to_upscale}, self.log)
-        for key, (code, message, permanent) in unusable.items():
-            if permanent:
-                self._fail_permanent(self.results[key], code, message)
-            else:
-                self.results[key].fail(FAILED, code, message)
-                self.log.warning("Not sent: %s", message)
+        for key, (code, message) in unusable.items():
+            self._fail_permanent(self.results[key], code, message)
             failed.append(key)
         to_upscale = [k for k in to_upscale if k not in unusable]
         charged_before = sum(r.credits_charged for r in self.results.values())
@@ -356,7 +353,7 @@ class UpscaleBatch:
         self._max_in_flight = 0
         self._charged_now = 0
         self._double_now = 0
-        self._lost_now = 0  # paid requests whose answer was lost this try: each may have been charged
+        self._lost_credits_now = 0  # credits of requests whose answer this try lost: maybe charged
         self._sent_any = False
         self._fresh_read_done = False
         # requests at the server at once; workers write the ledger outside a slot, so durable
@@ -435,11 +432,11 @@ class UpscaleBatch:
             balance_measured_after=measured,
             permanent_failures=set(self._permanent),
             key_of=dict(self.key_of),
+            max_credits=self.options.max_credits,
+            budget_spent=self._budget_used(0),
             done_status=self.kind.done_status,
             adopted=self._adopted,
             adopted_credits_earlier=self._adopted_earlier,
-            max_credits=self.options.max_credits,
-            budget_spent=self._budget_used(0),
         )
 
     def _finish_ledger(self) -> None:
@@ -464,15 +461,17 @@ class UpscaleBatch:
             return False
         if self._is_free(key):
             return True
-        cost = self._cost(key)
-        if self._over_budget(paid_in_flight, cost):
+        if self._over_budget(paid_in_flight, self._cost(key)):
             return False
-        return self._balance is None or self._balance - paid_in_flight - cost >= self.options.credit_reserve
+        return (
+            self._balance is None
+            or self._balance - paid_in_flight - self._cost(key) >= self.options.credit_reserve
+        )
 
     def _budget_used(self, paid_in_flight: int) -> int:
         """What this task may have spent: earlier tries, this try's charges and lost answers, in flight."""
         before = self._plan.budget_spent if self._plan is not None else 0
-        return before + self._charged_now + self._lost_now + paid_in_flight
+        return before + self._charged_now + self._lost_credits_now + paid_in_flight
 
     def _over_budget(self, paid_in_flight: int, cost: int = 1) -> bool:
         """One more paid request (of ``cost`` credits) could take this task past ``max_credits``."""
@@ -582,9 +581,8 @@ class UpscaleBatch:
             record.pending = [n for n in record.pending if n not in crashed]
             record.adopted += 1
             self._adopted += 1
-            if key in self._lost_keys:  # lost by this try: charged after credits_start
+            if key in self._lost_now:  # lost by this try: charged after credits_start
                 self._charged_now += cost
-                self._lost_now -= cost  # no longer "may have been charged": it was, once
             else:  # sent by a try that died: charged before this one, never counted
                 self._adopted_earlier += cost
         self.log.warning(
@@ -696,7 +694,7 @@ class UpscaleBatch:
         self._lost[key] += 1
         if not self._is_free(key):
             with self._lock:
-                self._lost_now += self._cost(key)
+                self._lost_credits_now += self._cost(key)
         cancelled = isinstance(exc, StablecogCancelledError) or self.stop_event.is_set()
         if cancelled or pending is None:
             record.fail(
@@ -709,7 +707,7 @@ class UpscaleBatch:
         if self.options.resend_possibly_charged and self._lost[key] <= MAX_LOST_ANSWERS:
             with self._lock:
                 self._crash_pending[key] = list(record.pending)
-                self._lost_keys.add(key)
+                self._lost_now.add(key)
             self.log.warning("%s — resending it (reported as possibly double-charged)", exc.message)
             pending.appendleft(key)
             return

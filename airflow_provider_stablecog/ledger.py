@@ -119,6 +119,8 @@ class ItemRecord:
         "in flight when the task died: it may have been charged".
     :param sent_by: the task instance that sent the item's last request (``dag/run/task[/map]``),
         so a task's spend across its tries can be read back from any store (``max_credits``).
+    :param cost: the credits one request for this item costs when charged (an upscale 1, a
+        generation its ``num_outputs``).
     :param possibly_double_charged: requests of this item that may have been charged without an
         answer (in flight at a crash, or an answer lost after the server charged) and were sent
         again — each may have cost its price once more than :attr:`credits_charged` says.
@@ -131,8 +133,6 @@ class ItemRecord:
         a lost answer is looked for among the outputs created after it.
     :param adopted: answers lost (or in flight at a crash) that were found again in Stablecog's
         outputs listing and adopted instead of paying again.
-    :param price: credits one request for this item costs (1 for an upscale, ``num_outputs`` for a
-        generation): what a request without an answer may have been charged.
     """
 
     key: str
@@ -150,6 +150,7 @@ class ItemRecord:
     possibly_double_charged: int = 0
     pending: list[str] = field(default_factory=list)
     sent_by: str | None = None
+    cost: int = 1
     finished_at: str | None = None
     rev: str | None = None
     output_ids: list[str] = field(default_factory=list)
@@ -158,7 +159,6 @@ class ItemRecord:
     seed: int | None = None
     sent_at: str | None = None
     adopted: int = 0
-    price: int = 1
 
     # -- the one rule --------------------------------------------------------------------------
 
@@ -170,10 +170,9 @@ class ItemRecord:
     @property
     def possibly_spent(self) -> int:
         """The most this item may have cost: its charged answers, its resends that may have been
-        charged twice, and its requests still without an answer (each may have been charged its
-        :attr:`price`)."""
-        unanswered = self.possibly_double_charged + (0 if self.paid else len(self.pending))
-        return self.credits_charged + unanswered * self.price
+        charged twice, and its requests still without an answer (each may have been charged)."""
+        unknown = self.possibly_double_charged + (0 if self.paid else len(self.pending))
+        return self.credits_charged + unknown * max(1, self.cost)
 
     @property
     def in_flight_at_crash(self) -> bool:
@@ -280,12 +279,12 @@ class ItemRecord:
             record = cls(**values)
             record.credits_charged = int(record.credits_charged or 0)
             record.possibly_double_charged = int(record.possibly_double_charged or 0)
+            record.cost = max(1, int(record.cost or 1))
             record.adopted = int(record.adopted or 0)
             record.seed = None if record.seed is None else int(record.seed)
             record.pending = (
                 [str(n) for n in (record.pending or [])] if isinstance(record.pending, list) else []
             )
-            record.price = max(1, int(record.price or 1))
             for name in ("output_ids", "urls", "paths"):
                 value = getattr(record, name)
                 setattr(record, name, [str(v) for v in value] if isinstance(value, list) else [])

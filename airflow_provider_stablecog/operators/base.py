@@ -19,7 +19,8 @@ from airflow_provider_stablecog.hooks.stablecog import StablecogHook
 if TYPE_CHECKING:
     from airflow.sdk import Context, ObjectStoragePath
 
-    from airflow_provider_stablecog.batch import BatchReport
+    from airflow_provider_stablecog.batch import BatchPlan, BatchReport
+    from airflow_provider_stablecog.ledger import Ledger
 
 MAX_ERRORS_SHOWN = 5
 
@@ -28,7 +29,8 @@ class StablecogBatchOperator(BaseOperator):
     """The shared part of the batch operators (not used on its own).
 
     Subclasses set ``stablecog_conn_id``, ``destination``, ``max_concurrency``, ``rate_limit``,
-    ``credit_reserve``, ``max_failed_ratio`` and ``fail_on_not_started`` in ``__init__``.
+    ``credit_reserve``, ``max_credits``, ``max_failed_ratio`` and ``fail_on_not_started`` in
+    ``__init__``, and pass their ``**kwargs`` through :func:`~airflow_provider_stablecog.compat.drop_unsupported_arguments`.
     """
 
     #: what the items are called in logs and messages
@@ -79,6 +81,46 @@ class StablecogBatchOperator(BaseOperator):
             return as_count(self.max_credits, "max_credits")
         except ValueError as exc:
             raise StablecogConfigError(f"{exc}; nothing was sent or charged", code="config_error") from None
+
+    def _open_ledger(
+        self, context: Context, destination: ObjectStoragePath | None, max_credits: int | None
+    ) -> Ledger:
+        """This task instance's ledger: the state store (3.3) and the destination, owned by the task."""
+        from airflow_provider_stablecog.compat import task_identity, task_state_store
+        from airflow_provider_stablecog.ledger import Ledger
+
+        ledger = Ledger(
+            store=task_state_store(context, self.log),
+            destination=destination,
+            log=self.log,
+            owner=task_identity(context),
+        )
+        if max_credits is not None and ledger.state is None and ledger.dest is None:
+            self.log.warning(
+                "max_credits=%d counts this try only: without a destination or the task state store "
+                "(Airflow 3.3) nothing records what earlier tries spent",
+                max_credits,
+            )
+        return ledger
+
+    def _log_budget(self, todo: BatchPlan) -> None:
+        if todo.max_credits is not None:
+            self.log.info(
+                "Budget: max_credits=%d, %d spent by earlier tries, %d left",
+                todo.max_credits,
+                todo.budget_spent,
+                todo.budget_left,
+            )
+
+    @staticmethod
+    def _budget_plan(todo: BatchPlan) -> dict[str, Any]:
+        """The dry run's view of the budget."""
+        return {
+            "max_credits": todo.max_credits,
+            "budget_spent": todo.budget_spent,
+            "budget_left": todo.budget_left,
+            "within_budget": todo.budget_left is None or todo.credits_needed <= todo.budget_left,
+        }
 
     def _starting_credits(self) -> int:
         """The balance before the batch; a rejected key fails the task without retries."""

@@ -32,6 +32,7 @@ import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from airflow_provider_stablecog.compat import drop_unsupported_arguments
 from airflow_provider_stablecog.hooks.stablecog import StablecogHook
 from airflow_provider_stablecog.operators.base import (
     MAX_ERRORS_SHOWN,
@@ -77,8 +78,13 @@ class StablecogGenerateOperator(StablecogBatchOperator):
         (generation has its own counter at the server, separate from upscales).
     :param rate_limit: requests/s for this task; default: the connection's ``rate_limit`` extra.
     :param credit_reserve: never start a generation that could take the balance below this.
-    :param max_credits: a budget: the most this task may spend across all its tries, as for
-        ``UpscaleOperator`` (a prompt counts ``num_outputs``). Templated.
+    :param max_credits: a budget: the most this task may spend **across all its tries** (retries
+        and clears of the same task instance). What earlier tries spent is read from the ledger
+        (the state store and the destination), so a retry cannot reset it; requests that may have
+        been charged without an answer count as spent. Items past the budget are left
+        ``not_started`` (code ``max_credits``) and the task fails without retrying; the summary
+        shows budget, spent and left. ``None`` (default): no budget. Templated (e.g. the credits
+        a human approved: ``"{{ ti.xcom_pull(task_ids='price')['credits_needed'] }}"``).
     :param max_failed_ratio: the share of prompts that may fail (e.g. refused by moderation,
         ``nsfw_prompt``) before the task fails, after every prompt was tried and the manifest saved.
     :param fail_on_not_started: fail the task when prompts could not be started (no credits,
@@ -141,8 +147,6 @@ class StablecogGenerateOperator(StablecogBatchOperator):
     ) -> None:
         if kwargs.get("map_index_template") is None:
             kwargs["map_index_template"] = "{{ stablecog_batch_label }}"
-        from airflow_provider_stablecog.compat import drop_unsupported_arguments
-
         super().__init__(**drop_unsupported_arguments(kwargs))
         self.prompts = prompts
         self.negative_prompt = negative_prompt
@@ -199,9 +203,7 @@ class StablecogGenerateOperator(StablecogBatchOperator):
 
     def execute(self, context: Context) -> Any:
         from airflow_provider_stablecog.batch import BatchOptions, UpscaleBatch
-        from airflow_provider_stablecog.compat import task_identity, task_state_store
         from airflow_provider_stablecog.jobs import GenerateJob
-        from airflow_provider_stablecog.ledger import Ledger
 
         self._stop = threading.Event()
         max_credits = self._rendered_budget()
@@ -214,12 +216,7 @@ class StablecogGenerateOperator(StablecogBatchOperator):
         context["stablecog_batch_label"] = _batch_label(plan) if mapped else ""  # type: ignore[typeddict-unknown-key]
         self._log_invalid(plan)
         destination = self._prepare_destination()
-        ledger = Ledger(
-            store=task_state_store(context, self.log),
-            destination=destination,
-            log=self.log,
-            owner=task_identity(context),
-        )
+        ledger = self._open_ledger(context, destination, max_credits)
         options = BatchOptions(
             max_concurrency=concurrency,
             credit_reserve=self.credit_reserve,
@@ -255,6 +252,7 @@ class StablecogGenerateOperator(StablecogBatchOperator):
             if credits is not None
             else "no credit needed",
         )
+        self._log_budget(todo)
         report = batch.run(credits)
         self.summary = self._log_summary(report, plan)
         if ti is not None:
@@ -288,10 +286,7 @@ class StablecogGenerateOperator(StablecogBatchOperator):
             "credits_remaining": credits,
             "credit_reserve": self.credit_reserve,
             "enough_credits": credits is not None and credits - todo.credits_needed >= self.credit_reserve,
-            "max_credits": todo.max_credits,
-            "budget_spent": todo.budget_spent,
-            "budget_left": todo.budget_left,
-            "within_budget": todo.budget_left is None or todo.credits_needed <= todo.budget_left,
+            **self._budget_plan(todo),
             "invalid_items": [b.message for b in plan.invalid[:MAX_ERRORS_SHOWN]]
             + [r.message for r in failed[:MAX_ERRORS_SHOWN]],
         }

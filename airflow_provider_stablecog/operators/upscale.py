@@ -21,7 +21,7 @@ import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_stablecog.compat import drop_unsupported_arguments, task_identity
+from airflow_provider_stablecog.compat import drop_unsupported_arguments
 from airflow_provider_stablecog.hooks.stablecog import StablecogHook
 from airflow_provider_stablecog.operators.base import (
     MAX_ERRORS_SHOWN,
@@ -131,8 +131,6 @@ class UpscaleOperator(StablecogBatchOperator):
 
     def execute(self, context: Context) -> Any:
         from airflow_provider_stablecog.batch import BatchOptions, UpscaleBatch
-        from airflow_provider_stablecog.compat import task_state_store
-        from airflow_provider_stablecog.ledger import Ledger
         from airflow_provider_stablecog.utils.inputs import coerce_input_list, plan_inputs
 
         self._stop = threading.Event()
@@ -148,18 +146,7 @@ class UpscaleOperator(StablecogBatchOperator):
         self.hook.pool_size = max(self.hook.pool_size, concurrency + 4)
         model_id = self._checked_model_id()
         destination = self._prepare_destination()
-        ledger = Ledger(
-            store=task_state_store(context, self.log),
-            destination=destination,
-            log=self.log,
-            owner=task_identity(context),
-        )
-        if max_credits is not None and ledger.state is None and ledger.dest is None:
-            self.log.warning(
-                "max_credits=%d counts this try only: without a destination or the task state store "
-                "(Airflow 3.3) nothing records what earlier tries spent",
-                max_credits,
-            )
+        ledger = self._open_ledger(context, destination, max_credits)
         options = BatchOptions(
             model_id=model_id,
             max_concurrency=concurrency,
@@ -197,13 +184,7 @@ class UpscaleOperator(StablecogBatchOperator):
             if credits is not None
             else "no credit needed",
         )
-        if todo.max_credits is not None:
-            self.log.info(
-                "Budget: max_credits=%d, %d spent by earlier tries, %d left",
-                todo.max_credits,
-                todo.budget_spent,
-                todo.budget_left,
-            )
+        self._log_budget(todo)
         report = batch.run(credits)
         self.summary = self._log_summary(report, plan)
         ti = context.get("ti")
@@ -256,10 +237,7 @@ class UpscaleOperator(StablecogBatchOperator):
             "credits_remaining": credits,
             "credit_reserve": self.credit_reserve,
             "enough_credits": credits is not None and credits - todo.credits_needed >= self.credit_reserve,
-            "max_credits": todo.max_credits,
-            "budget_spent": todo.budget_spent,
-            "budget_left": todo.budget_left,
-            "within_budget": todo.budget_left is None or todo.credits_needed <= todo.budget_left,
+            **self._budget_plan(todo),
             "invalid_items": [b.message for b in plan.invalid[:MAX_ERRORS_SHOWN]]
             + [r.message for r in failed[:MAX_ERRORS_SHOWN]],
         }

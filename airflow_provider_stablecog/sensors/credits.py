@@ -174,11 +174,11 @@ class StablecogCreditsSensor(BaseSensorOperator):
 
         try:
             reserve = as_count(self.reserve, "reserve")
-            if self.inputs is None and self.prompts is None:
+            if self.prompts is not None:
+                requirement = self._requirement_from_prompts(reserve)
+            elif self.inputs is None:
                 needed = as_count(self.min_credits, "min_credits")
                 requirement = CreditRequirement(needed, reserve, f"min_credits={needed}")
-            elif self.prompts is not None:
-                requirement = self._requirement_from_prompts(reserve)
             else:
                 requirement = self._requirement_from_inputs(reserve)
             if self.max_credits is None:

@@ -149,3 +149,27 @@ def test_a_templated_budget_is_rendered_then_checked(emu, tmp_path):
     op.max_credits = "None"
     with pytest.raises(ValueError, match="max_credits must be a whole number"):
         op.execute(_context(MemoryStateStore(), FakeTI("other")))
+
+
+def test_the_generate_operator_spends_within_its_budget_at_each_prompts_price(emu, tmp_path):
+    """num_outputs=2: each prompt costs 2 credits; a budget of 7 affords 3 prompts, across two tries."""
+    from airflow_provider_stablecog.operators.generate import StablecogGenerateOperator
+
+    prompts = [f"a lighthouse, study {i}" for i in range(6)]
+    store, ti = MemoryStateStore(), FakeTI()
+
+    def op() -> StablecogGenerateOperator:
+        return StablecogGenerateOperator(
+            task_id="generate", prompts=prompts, num_outputs=2, width=256, height=256,
+            destination=str(tmp_path / "gen"), max_credits=7, max_concurrency=2, progress_interval=0,
+        )  # fmt: skip
+
+    emu.set_balance(4)  # try 1: two prompts, then the account is dry
+    with pytest.raises(AirflowException):
+        op().execute(_context(store, ti))
+    assert charged(emu) == 4
+    emu.add_credits(1000)
+    with pytest.raises(AirflowFailException, match="max_credits=7 is spent"):
+        op().execute(_context(store, ti))
+    assert charged(emu) == 6  # one more prompt (2 credits); a fourth would take it to 8 > 7
+    assert ti.xcom["summary"]["budget_spent"] == 6 and ti.xcom["summary"]["budget_left"] == 1

@@ -228,12 +228,3 @@ def test_init_images_by_output_id_local_file_and_url(emu, tmp_path):
     assert [r["status"] for r in records] == ["generated"] * 3 + ["failed"]
     assert records[3]["error"] == "output_not_found"  # not one of the account's outputs: never sent
     assert charged(emu) == 3 and emu.ledger()["uploads"] == 1
-
-
-def test_a_budget_counts_num_outputs(emu):
-    """max_credits=5 with 2 images a prompt: two prompts fit (4 credits), the third would pass 5."""
-    op = generate(prompts=PROMPTS, num_outputs=2, max_credits=5)
-    with pytest.raises(AirflowFailException, match="max_credits=5 is spent"):
-        run(op)
-    assert charged(emu) == 4
-    assert op.summary["budget_spent"] == 4 and op.summary["not_started"] == 1
