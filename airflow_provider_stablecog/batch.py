@@ -250,8 +250,12 @@ class UpscaleBatch:
                 continue
             to_upscale.append(key)
         free, unusable = self.kind.prepare(self.client, {k: self.items[k] for k in to_upscale}, self.log)
-        for key, (code, message) in unusable.items():
-            self._fail_permanent(self.results[key], code, message)
+        for key, (code, message, permanent) in unusable.items():
+            if permanent:
+                self._fail_permanent(self.results[key], code, message)
+            else:
+                self.results[key].fail(FAILED, code, message)
+                self.log.warning("Not sent: %s", message)
             failed.append(key)
         to_upscale = [k for k in to_upscale if k not in unusable]
         charged_before = sum(r.credits_charged for r in self.results.values())

@@ -78,8 +78,9 @@ class JobKind:
 
     def prepare(
         self, client: StablecogClient, items: dict[str, Any], log: logging.Logger | Any
-    ) -> tuple[set[str], dict[str, tuple[str, str]]]:
-        """Before anything is sent: the free keys, and the keys that cannot be sent (code, message).
+    ) -> tuple[set[str], dict[str, tuple[str, str, bool]]]:
+        """Before anything is sent: the free keys, and the keys that cannot be sent (code, message,
+        and whether the item itself is bad, so that a retry cannot help).
 
         Output-ID inputs whose output already has an upscaled image are answered at once for
         nothing. The server validates ``upscaled=only`` but does not filter the page by it, so
@@ -152,13 +153,13 @@ class GenerateJob(JobKind):
 
     def prepare(
         self, client: StablecogClient, items: dict[str, Any], log: logging.Logger | Any
-    ) -> tuple[set[str], dict[str, tuple[str, str]]]:
+    ) -> tuple[set[str], dict[str, tuple[str, str, bool]]]:
         """Init images given as output IDs: their image URL, from the outputs listing."""
         wanted: dict[str, list[str]] = {}
         for key, item in items.items():
             if item.init_image is not None and item.init_image.kind == "output_id":
                 wanted.setdefault(item.init_image.value.lower(), []).append(key)
-        failed: dict[str, tuple[str, str]] = {}
+        failed: dict[str, tuple[str, str, bool]] = {}
         if not wanted:
             return set(), failed
         try:
@@ -171,6 +172,7 @@ class GenerateJob(JobKind):
                     failed[key] = (
                         exc.code,
                         f"{items[key].display}: could not look up the init image's output ID ({exc.code}); retry",
+                        False,
                     )
             return set(), failed
         for output_id, keys in wanted.items():
@@ -180,6 +182,7 @@ class GenerateJob(JobKind):
                         "output_not_found",
                         f"{items[key].display}: init_image {output_id} is not one of this account's outputs; "
                         "check the output ID",
+                        True,
                     )
         return set(), failed
 

@@ -232,3 +232,31 @@ def test_the_ledger_stamps_its_owner_and_reads_its_spend_back(tmp_path):
     other = Ledger(destination=dest, owner="d/r2/t")
     other.load()
     assert other.spent_before == 0
+
+
+def test_a_generation_record_keeps_every_output_and_prices_its_requests(tmp_path):
+    record = ItemRecord(key=item_key("a fox"), input="a fox [seed 7]", seed=7, cost=3)
+    ledger = Ledger(store=MemoryStateStore(), destination=resolve_destination(str(tmp_path)))
+    ledger.sent(record)
+    assert record.sent_at and record.possibly_spent == 3  # one request without an answer: 3 credits
+    outputs = [(f"o{i}", f"https://cdn.test/{i}.jpeg") for i in range(3)]
+    record.answered("o0", "https://cdn.test/0.jpeg", charged=True, cost=3, outputs=outputs)
+    ledger.settle(record, record.pending[0])
+    record.adopted = 1
+    for i in range(3):
+        record.downloaded_output(i, f"/x/{i}.jpg")
+    ledger.save(record)
+    assert record.paid and record.credits_charged == 3 and record.possibly_spent == 3
+    assert record.result_urls() == [u for _, u in outputs]
+    again = Ledger(destination=resolve_destination(str(tmp_path))).load()[record.key]
+    assert (again.output_ids, again.paths, again.seed, again.adopted, again.cost) == (
+        ["o0", "o1", "o2"],
+        ["/x/0.jpg", "/x/1.jpg", "/x/2.jpg"],
+        7,
+        1,
+        3,
+    )
+    xcom = again.xcom()
+    assert "output_id" not in xcom and "url" not in xcom  # the lists say it all
+    assert xcom["output_ids"] == ["o0", "o1", "o2"] and xcom["adopted"] == 1 and xcom["seed"] == 7
+    assert credits_needed(["a", "b", "c"], {}, free=["c"], cost={"a": 2, "b": 4}) == 6

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -196,7 +196,21 @@ def _page_params(request: Request) -> tuple[int, str | None, str, str, set[str]]
     model_ids = {m.strip().lower() for m in (query.get("model_ids") or "").split(",") if m.strip()}
     if any(not UUID_RE.match(m) for m in model_ids):
         raise ApiError(400, "model_ids must be comma-separated UUIDs")
+    # validated like the server, and (like the server) not applied to the page
+    for name in ("start_dt", "end_dt"):
+        if query.get(name) and _rfc3339(query[name]) is None:
+            raise ApiError(400, f"{name} must be an RFC 3339 time")
+    for name in ("widths", "heights"):
+        if query.get(name) and not all(p.strip().isdigit() for p in query[name].split(",")):
+            raise ApiError(400, f"{name} must be comma-separated integers")
     return per_page, query.get("cursor") or None, upscaled, order, model_ids
+
+
+def _rfc3339(text: str) -> datetime | None:
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
 
 
 def _upscale_filter(output: GeneratedOutput, upscaled: str) -> bool:

@@ -130,3 +130,23 @@ def test_generation_has_its_own_concurrency_counter():
     assert ledger["max_generations_in_flight"] == 2
     assert ledger["max_in_flight"] == 2
     assert ledger["net_charged"] == 4 * 2 + 4
+
+
+@pytest.mark.parametrize(
+    ("query", "status"),
+    [
+        ("start_dt=2026-01-01T00:00:00Z&widths=512,768", 200),
+        ("start_dt=yesterday", 400),
+        ("heights=big", 400),
+        ("order=sideways", 400),
+        ("model_ids=not-a-uuid", 400),
+        ("order=asc&per_page=2", 200),
+    ],
+)
+def test_listing_filters_are_validated(app_client, query, status):
+    response = app_client.get(f"/v1/image/generation/outputs?{query}", headers=AUTH)
+    assert response.status_code == status, response.text
+    if "order=asc" in query:
+        outputs = response.json()["outputs"]
+        times = [o["generation"]["created_at"] for o in outputs]
+        assert times == sorted(times)  # oldest generation first

@@ -136,7 +136,7 @@ def test_execution_timeout_then_retries_pay_nothing_twice(stack, plan2_emulator,
 
 def test_sigkill_then_retry_of_a_generation_pays_nothing_twice(stack, plan2_emulator, tmp_path):
     """SIGKILL the generate task after >= 20 credits were charged; the retry finds the generations the
-    killed try had in flight in the outputs listing (prompt + seed) and pays for none of them again."""
+    killed try had in flight in the outputs listing (prompt + seed) and pays for none of them twice."""
     emulator = plan2_emulator
     emulator.reset()
     emulator.configure(latency=1.0)
@@ -160,7 +160,10 @@ def test_sigkill_then_retry_of_a_generation_pays_nothing_twice(stack, plan2_emul
     print(facts)
     assert len(results) == count and {r["status"] for r in results} <= {"generated", "skipped"}, facts
     assert net == 2 * count, facts  # every prompt paid exactly once, by the emulator's ledger
-    assert summary["possibly_double_charged"] == 0, facts
+    assert summary["adopted"] >= 1, facts  # the killed try's generations were found, not paid again
+    # a request recorded as sent that had not reached the server when the process died is not in the
+    # listing: it is resent and reported as *possibly* double-charged (the ledger above shows it was not)
+    assert summary["possibly_double_charged"] <= in_flight + 1, facts
     known = (
         summary["credits_charged_earlier"]
         + summary["credits_charged_this_try"]
