@@ -17,7 +17,10 @@ The coordinator starts a paid upscale only while
   goes **down** between fresh reads of ``/v1/credits`` (answers arrive out of charge order: an
   older, higher ``remaining_credits`` never replaces a newer, lower one), and a fresh read is made
   when the floor blocks work with nothing in flight (refunds may have raised it),
-* no fatal error (``insufficient_credits``, 401, 403) has been seen and no stop was requested.
+* no fatal error (``insufficient_credits``, 401, 403) has been seen and no stop was requested,
+* fewer than ``spend_limit`` paid requests were sent in this try, when set: a fan-out chunk's share
+  of the account (:mod:`airflow_provider_stablecog.fanout`), so chunks running at once on several
+  workers keep the reserve together.
 
 Items known to be free (output IDs the server already upscaled) are sent regardless of balance
 and reserve.
@@ -86,6 +89,9 @@ class BatchOptions:
     #: resend items that were in flight when an earlier try died, or whose answer was lost
     #: (each such request may have been charged: the resend is reported as possibly double-charged)
     resend_possibly_charged: bool = True
+    #: paid upscale requests this try may send (None: no limit); a fan-out chunk's share of the
+    #: account, from :meth:`airflow_provider_stablecog.fanout.CreditPlan.spend_limit`
+    spend_limit: int | None = None
 
 
 @dataclass
@@ -325,6 +331,7 @@ class UpscaleBatch:
         self._charged_now = 0
         self._double_now = 0
         self._sent_any = False
+        self._paid_sent = 0  # paid requests dispatched this try (against spend_limit)
         self._fresh_read_done = False
         # requests at the server at once; workers write the ledger outside a slot, so durable
         # writes overlap with other requests instead of holding the server's capacity idle
@@ -414,10 +421,18 @@ class UpscaleBatch:
     def _is_free(self, key: str) -> bool:
         return self._plan is not None and key in self._plan.free
 
+    def _spend_limit_reached(self) -> bool:
+        limit = self.options.spend_limit
+        return limit is not None and self._paid_sent >= limit
+
     def _may_start(self, key: str, paid_in_flight: int) -> bool:
         if self._fatal is not None or self.stop_event.is_set():
             return False
-        if self._is_free(key) or self._balance is None:
+        if self._is_free(key):
+            return True
+        if self._spend_limit_reached():
+            return False
+        if self._balance is None:
             return True
         return self._balance - paid_in_flight - 1 >= self.options.credit_reserve
 
@@ -431,6 +446,7 @@ class UpscaleBatch:
         ):
             key = pending.popleft()
             paid_in_flight += 0 if self._is_free(key) else 1
+            self._paid_sent += 0 if self._is_free(key) else 1
             self._tickets[key] = self._slots.ticket()
             upscales[pool.submit(self._upscale, key)] = key
             self._sent_any = True
@@ -439,6 +455,7 @@ class UpscaleBatch:
         """The floor blocks work with nothing in flight: read ``/v1/credits`` once; True if it helps."""
         if (
             self._fresh_read_done
+            or self._spend_limit_reached()
             or self._fatal is not None
             or self.stop_event.is_set()
             or self._balance is None
@@ -726,6 +743,12 @@ class UpscaleBatch:
             code, why = self._fatal.code, f"the batch stopped on {self._fatal.code}"
         elif self.stop_event.is_set():
             code, why = "cancelled", "the task was stopped"
+        elif self._spend_limit_reached():
+            code = "credit_reserve"
+            why = (
+                f"this chunk's share of the fan-out's credits ({self.options.spend_limit} this try) is spent; "
+                "more could take the account below the reserve while other chunks spend too"
+            )
         elif (self._balance or 0) < 1:
             code, why = "insufficient_credits", f"the balance is {self._balance} credits"
         else:
