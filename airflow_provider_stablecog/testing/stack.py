@@ -584,7 +584,9 @@ class AirflowStack:
         if not self.celery:
             return env
         assert self.redis is not None
-        backend = f"db+postgresql+psycopg2://postgres@{LOOPBACK}:{self.postgres.port}/{self.postgres.database}"
+        backend = (
+            f"db+postgresql+psycopg2://postgres@{LOOPBACK}:{self.postgres.port}/{self.postgres.database}"
+        )
         env.update(
             {
                 "AIRFLOW__CELERY__BROKER_URL": self.redis.url,
@@ -701,23 +703,39 @@ class AirflowStack:
         return " ready." in service.log_tail(20000)
 
     def worker_of_pid(self, pid: int) -> str | None:
-        """The Celery worker whose process group holds ``pid`` (a task's process), or None."""
-        try:
-            group = os.getpgid(pid)
-        except (ProcessLookupError, PermissionError):
-            return None
-        return next((n for n in self.worker_names if self.services[n].pid == group), None)
+        """The Celery worker that runs ``pid`` (a task's process), or None.
 
-    def kill_worker(self, name: str) -> None:
-        """Lose a whole Celery worker at once: SIGKILL its process group (the worker, its pool
-        processes, the task supervisors and the task processes), as a machine going away does."""
-        service = self.services[name]
+        Airflow's supervisor puts each task process in a process group of its own, so this walks
+        up the parent chain to a worker's main process.
+        """
+        workers = {self.services[n].pid: n for n in self.worker_names if n in self.services}
+        seen: set[int] = set()
+        while pid > 1 and pid not in seen:
+            if pid in workers:
+                return workers[pid]
+            seen.add(pid)
+            parent = _parent_pid(pid)
+            if parent is None:
+                return None
+            pid = parent
+        return None
+
+    def kill_worker(self, name: str) -> list[int]:
+        """Lose a whole Celery worker at once, as a machine going away does: SIGKILL to its main
+        process, its pool processes, the task supervisors and the task processes (which Airflow
+        puts in process groups of their own). Returns the pids killed."""
         if name not in self.worker_names:
             raise StackError(f"{name} is not a Celery worker of this stack")
+        service = self.services[name]
+        tree = [service.pid, *_descendants(service.pid)]
+        for pid in tree:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(service.pid, signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
             service.process.wait(10)
+        return tree
 
     def stop(self) -> None:
         """Stop every service (process groups: SIGTERM, then SIGKILL), Redis, and delete the PostgreSQL cluster."""
@@ -727,8 +745,13 @@ class AirflowStack:
         for name in (*self.worker_names, "scheduler", "triggerer", "dag-processor", "api-server"):
             service = self.services.get(name)
             if service is not None:
+                # a Celery worker's task processes are in process groups of their own
+                stragglers = _descendants(service.pid) if name in self.worker_names else []
                 with contextlib.suppress(Exception):
                     service.stop(15)
+                for pid in stragglers:
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.kill(pid, signal.SIGKILL)
         if self.redis is not None:
             with contextlib.suppress(Exception):
                 self.redis.stop()
@@ -1027,6 +1050,33 @@ class AirflowStack:
             except Exception as exc:
                 parts.append(f"(could not read task instances: {exc})")
         return "\n".join(parts)
+
+
+def _parent_pid(pid: int) -> int | None:
+    """The parent of ``pid`` (from ``/proc``), or None if it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # the command name (2nd field) is in parentheses and may hold spaces: split after its ")"
+    return int(stat.rsplit(")", 1)[1].split()[1])
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every live descendant of ``pid`` (children first), from ``/proc``."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            parent = _parent_pid(int(entry.name))
+            if parent is not None:
+                children.setdefault(parent, []).append(int(entry.name))
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
 
 
 def _log_line(line: Any) -> str:
