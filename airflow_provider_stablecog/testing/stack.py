@@ -37,6 +37,7 @@ from __future__ import annotations
 import atexit
 import base64
 import contextlib
+import functools
 import json
 import os
 import secrets
@@ -653,7 +654,9 @@ class AirflowStack:
             wait_until(self._ready, remaining, 1.0, "the api-server, scheduler, dag-processor and triggerer")
             for name in self.worker_names:
                 remaining = max(30.0, timeout - (time.monotonic() - started))
-                wait_until(lambda n=name: self._worker_ready(n), remaining, 1.0, f"Celery worker {name}")
+                wait_until(
+                    functools.partial(self._worker_ready, name), remaining, 1.0, f"Celery worker {name}"
+                )
             self.times.services = time.monotonic() - t0
             self.times.total = time.monotonic() - started
             say(f"Airflow stack ready in {self.times}")
