@@ -61,7 +61,9 @@ def test_the_sensor_xcom_is_read_in_every_form_it_arrives_in(value):
     assert CreditPlan.from_value(value) == CreditPlan(9, 5, 1)
 
 
-@pytest.mark.parametrize("value", [None, 5, "nonsense", {"remaining": 1}, {"remaining": 1, "needed": -1, "reserve": 0}])
+@pytest.mark.parametrize(
+    "value", [None, 5, "nonsense", {"remaining": 1}, {"remaining": 1, "needed": -1, "reserve": 0}]
+)
 def test_a_wrong_credit_plan_says_what_is_expected(value):
     with pytest.raises(ValueError, match="credit_plan"):
         CreditPlan.from_value(value)
