@@ -24,7 +24,11 @@ The coordinator starts a paid upscale only while
 * no fatal error (``insufficient_credits``, 401, 403) has been seen and no stop was requested,
 * with a budget (``max_credits``): what this task may have spent — across its earlier tries (read
   from the ledger, :func:`~airflow_provider_stablecog.ledger.spent_by`), charged this try, lost
-  answers that may have been charged, and paid requests in flight — plus 1 stays within it.
+  answers that may have been charged, and paid requests in flight — plus the request's price stays
+  within it,
+* with ``spend_limit`` (a fan-out chunk's share of the account, :mod:`airflow_provider_stablecog.fanout`):
+  the credits of paid requests sent in this try plus the request's price stay within it, so chunks
+  running at once on several workers keep the reserve together.
 
 Items known to be free (output IDs the server already upscaled) are sent regardless of balance
 and reserve.
@@ -95,6 +99,9 @@ class BatchOptions:
     #: the most this task may spend across all its tries (``None``: no budget); the ledger's
     #: ``owner`` says whose earlier spend counts
     max_credits: int | None = None
+    #: credits of paid requests this try may send (None: no limit); a fan-out chunk's share of the
+    #: account, from :meth:`airflow_provider_stablecog.fanout.CreditPlan.spend_limit`
+    spend_limit: int | None = None
 
 
 @dataclass
@@ -359,6 +366,7 @@ class UpscaleBatch:
         self._double_now = 0
         self._lost_credits_now = 0  # credits of requests whose answer this try lost: maybe charged
         self._sent_any = False
+        self._paid_sent = 0  # credits of paid requests dispatched this try (against spend_limit)
         self._fresh_read_done = False
         # requests at the server at once; workers write the ledger outside a slot, so durable
         # writes overlap with other requests instead of holding the server's capacity idle
@@ -460,11 +468,18 @@ class UpscaleBatch:
     def _is_free(self, key: str) -> bool:
         return self._plan is not None and key in self._plan.free
 
+    def _spend_limit_reached(self, cost: int = 1) -> bool:
+        """One more paid request (of ``cost`` credits) would pass this try's ``spend_limit``."""
+        limit = self.options.spend_limit
+        return limit is not None and self._paid_sent + cost > limit
+
     def _may_start(self, key: str, paid_in_flight: int) -> bool:
         if self._fatal is not None or self.stop_event.is_set():
             return False
         if self._is_free(key):
             return True
+        if self._spend_limit_reached(self._cost(key)):
+            return False
         if self._over_budget(paid_in_flight, self._cost(key)):
             return False
         return (
@@ -492,6 +507,7 @@ class UpscaleBatch:
         ):
             key = pending.popleft()
             paid_in_flight += self._cost(key)
+            self._paid_sent += self._cost(key)
             self._tickets[key] = self._slots.ticket()
             upscales[pool.submit(self._upscale, key)] = key
             self._sent_any = True
@@ -500,6 +516,7 @@ class UpscaleBatch:
         """The floor blocks work with nothing in flight: read ``/v1/credits`` once; True if it helps."""
         if (
             self._fresh_read_done
+            or self._spend_limit_reached()
             or self._fatal is not None
             or self.stop_event.is_set()
             or self._balance is None
@@ -846,6 +863,12 @@ class UpscaleBatch:
                     "charged); raise max_credits and clear the task to finish it (nothing done is paid again)",
                 )
             return
+        elif self._spend_limit_reached(self._cost(pending[0])):
+            code = "credit_reserve"
+            why = (
+                f"this chunk's share of the fan-out's credits ({self.options.spend_limit} this try) is spent; "
+                "more could take the account below the reserve while other chunks spend too"
+            )
         elif (self._balance or 0) < 1:
             code, why = "insufficient_credits", f"the balance is {self._balance} credits"
         else:

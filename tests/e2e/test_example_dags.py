@@ -125,20 +125,24 @@ def test_credit_aware_fanout(sandbox, emulator, tmp_path):
             (result.run_id,),
         )
     ]
+    # the repeated first image is split once: no image is in two chunks (the credit plan's bound)
     assert labels == [
         "10 images: 32x32.png … 41x32.png",
         "10 images: 42x32.png … 51x32.png",
-        "4 images: 52x32.png … 32x32.png",
+        "3 images: 52x32.png … 54x32.png",
     ]
     summary = sandbox.xcom("example_stablecog_credit_aware_fanout", "collect", result.run_id)
-    assert summary["images"] == 24 and summary["chunks"] == 3
-    # the last chunk repeats the first image: the destination's manifest already has it, so it is free
-    assert (summary["upscaled"], summary.get("skipped")) == (23, 1)
+    assert summary["images"] == 23 and summary["chunks"] == 3
+    assert summary["upscaled"] == 23 and not summary.get("skipped")
     assert emulator.ledger()["net_charged"] == 23
     assert len(read_manifest(tmp_path / "fanout")) == 23
     assert (
         sandbox.xcom("example_stablecog_credit_aware_fanout", "enough_credits_for_all", result.run_id) == 1000
     )
+    # every chunk got the sensor's credit plan for the whole list
+    assert sandbox.xcom(
+        "example_stablecog_credit_aware_fanout", "enough_credits_for_all", result.run_id, key="credit_plan"
+    ) == {"remaining": 1000, "needed": 23, "reserve": 0}
 
 
 def test_dag_integrity():

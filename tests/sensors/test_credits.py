@@ -511,3 +511,37 @@ def test_module_import_is_cheap():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
     )
     assert out.stdout.strip() == ""
+
+
+# -- the credit plan of a fan-out (credit_plan XCom) ---------------------------------------------
+
+
+class _TI:
+    def __init__(self) -> None:
+        self.pushed: dict[str, object] = {}
+
+    def xcom_push(self, key: str, value: object) -> None:
+        self.pushed[key] = value
+
+
+def test_a_successful_check_of_inputs_pushes_the_credit_plan(conn, requests_mock):
+    requests_mock.get(CREDITS_URL, **balance(9))
+    sensor = make(inputs=["https://img.example/a.png", "https://img.example/b.png"], reserve=4)
+    ti = _TI()
+    assert sensor.poke({"ti": ti}).is_done is True
+    assert ti.pushed == {"credit_plan": {"remaining": 9, "needed": 2, "reserve": 4}}
+
+
+def test_no_credit_plan_while_waiting_or_for_min_credits(conn, requests_mock):
+    requests_mock.get(CREDITS_URL, **balance(1))
+    ti = _TI()
+    assert make(inputs=["https://img.example/a.png"], reserve=4).poke({"ti": ti}).is_done is False
+    assert make(min_credits=1).poke({"ti": ti}).is_done is True
+    assert ti.pushed == {}
+
+
+def test_the_deferred_path_pushes_the_credit_plan_too():
+    ti = _TI()
+    event = {"status": "success", "remaining_credits": 17, "required": 7}
+    assert make(inputs=["https://img.example/a.png"], reserve=2).execute_complete({"ti": ti}, event) == 17
+    assert ti.pushed == {"credit_plan": {"remaining": 17, "needed": 5, "reserve": 2}}

