@@ -112,6 +112,28 @@ class StablecogBatchOperator(BaseOperator):
                 todo.budget_left,
             )
 
+    def _dry_run_plan(
+        self, plan: Any, batch: Any, todo: BatchPlan, credits: int | None, head: dict[str, Any]
+    ) -> dict[str, Any]:
+        """The dry run's result (``head``: the operator's own counts first); nothing is sent."""
+        failed = [batch.results[k] for k in todo.preflight_failed]
+        result = {
+            "dry_run": True,
+            **head,
+            "already_done": len(todo.skipped) + len(todo.to_download),
+            "in_flight_at_crash": len(todo.in_flight_at_crash),
+            "invalid": len(plan.invalid) + len(failed),
+            "credits_needed": todo.credits_needed,
+            "credits_remaining": credits,
+            "credit_reserve": self.credit_reserve,
+            "enough_credits": credits is not None and credits - todo.credits_needed >= self.credit_reserve,
+            **self._budget_plan(todo),
+            "invalid_items": [b.message for b in plan.invalid[:MAX_ERRORS_SHOWN]]
+            + [r.message for r in failed[:MAX_ERRORS_SHOWN]],
+        }
+        self.log.info("Dry run, nothing sent: %s", result)
+        return result
+
     @staticmethod
     def _budget_plan(todo: BatchPlan) -> dict[str, Any]:
         """The dry run's view of the budget."""

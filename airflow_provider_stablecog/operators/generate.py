@@ -35,7 +35,6 @@ from typing import TYPE_CHECKING, Any
 from airflow_provider_stablecog.compat import drop_unsupported_arguments
 from airflow_provider_stablecog.hooks.stablecog import StablecogHook
 from airflow_provider_stablecog.operators.base import (
-    MAX_ERRORS_SHOWN,
     StablecogBatchOperator,
     validate_static,
 )
@@ -237,7 +236,17 @@ class StablecogGenerateOperator(StablecogBatchOperator):
         todo = batch.plan()
         credits = self._starting_credits() if (todo.to_upscale or self.plan_only) else None
         if self.plan_only:
-            return self._dry_run_plan(plan, batch, todo, credits)
+            return self._dry_run_plan(
+                plan,
+                batch,
+                todo,
+                credits,
+                {
+                    "prompts": len(plan.positions),
+                    "unique": len(plan.unique),
+                    "to_generate": len(todo.to_upscale),
+                },
+            )
         self.log.info(
             "Generating %d unique prompts (%d given, %d already done, %d to download again, %d invalid, "
             "%d in flight when an earlier try ended) with %d in flight; %s",
@@ -271,27 +280,6 @@ class StablecogGenerateOperator(StablecogBatchOperator):
         models = self.hook.list_generation_models()
         server_defaults = self.hook.get_generation_defaults()
         return plan_prompts(prompts, self.defaults(), models, server_defaults)
-
-    def _dry_run_plan(self, plan: PromptPlan, batch: Any, todo: Any, credits: int | None) -> dict:
-        failed = [batch.results[k] for k in todo.preflight_failed]
-        result = {
-            "dry_run": True,
-            "prompts": len(plan.positions),
-            "unique": len(plan.unique),
-            "to_generate": len(todo.to_upscale),
-            "already_done": len(todo.skipped) + len(todo.to_download),
-            "in_flight_at_crash": len(todo.in_flight_at_crash),
-            "invalid": len(plan.invalid) + len(failed),
-            "credits_needed": todo.credits_needed,
-            "credits_remaining": credits,
-            "credit_reserve": self.credit_reserve,
-            "enough_credits": credits is not None and credits - todo.credits_needed >= self.credit_reserve,
-            **self._budget_plan(todo),
-            "invalid_items": [b.message for b in plan.invalid[:MAX_ERRORS_SHOWN]]
-            + [r.message for r in failed[:MAX_ERRORS_SHOWN]],
-        }
-        self.log.info("Dry run, nothing sent: %s", result)
-        return result
 
 
 def _output_ids(plan: PromptPlan, report: BatchReport) -> list[str]:

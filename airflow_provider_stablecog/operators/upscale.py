@@ -24,7 +24,6 @@ from typing import TYPE_CHECKING, Any
 from airflow_provider_stablecog.compat import drop_unsupported_arguments
 from airflow_provider_stablecog.hooks.stablecog import StablecogHook
 from airflow_provider_stablecog.operators.base import (
-    MAX_ERRORS_SHOWN,
     StablecogBatchOperator,
     validate_static,
 )
@@ -175,7 +174,18 @@ class UpscaleOperator(StablecogBatchOperator):
         self._apply_credit_plan(options, todo, batch)
         credits = self._starting_credits() if (todo.to_upscale or self.plan_only) else None
         if self.plan_only:
-            return self._dry_run_plan(plan, batch, todo, credits)
+            return self._dry_run_plan(
+                plan,
+                batch,
+                todo,
+                credits,
+                {
+                    "inputs": len(plan.positions),
+                    "unique": len(plan.unique),
+                    "to_upscale": len(todo.to_upscale),
+                    "free": len(todo.free),
+                },
+            )
         self.log.info(
             "Upscaling %d unique images (%d inputs, %d already done, %d to download again, %d invalid, "
             "%d free, %d in flight when an earlier try ended) with %d in flight; %s",
@@ -256,28 +266,6 @@ class UpscaleOperator(StablecogBatchOperator):
                 code="invalid_model_id",
             )
         return model_id
-
-    def _dry_run_plan(self, plan: InputPlan, batch: Any, todo: Any, credits: int | None) -> dict:
-        failed = [batch.results[k] for k in todo.preflight_failed]
-        result = {
-            "dry_run": True,
-            "inputs": len(plan.positions),
-            "unique": len(plan.unique),
-            "to_upscale": len(todo.to_upscale),
-            "already_done": len(todo.skipped) + len(todo.to_download),
-            "free": len(todo.free),
-            "in_flight_at_crash": len(todo.in_flight_at_crash),
-            "invalid": len(plan.invalid) + len(failed),
-            "credits_needed": todo.credits_needed,
-            "credits_remaining": credits,
-            "credit_reserve": self.credit_reserve,
-            "enough_credits": credits is not None and credits - todo.credits_needed >= self.credit_reserve,
-            **self._budget_plan(todo),
-            "invalid_items": [b.message for b in plan.invalid[:MAX_ERRORS_SHOWN]]
-            + [r.message for r in failed[:MAX_ERRORS_SHOWN]],
-        }
-        self.log.info("Dry run, nothing sent: %s", result)
-        return result
 
 
 def _batch_label(plan: InputPlan) -> str:
