@@ -13,9 +13,10 @@ Everything the provider knows about money goes through this module:
   stored — the clear input is kept only in its redacted form (``input``).
 
 Durability is **write-ahead, per item** (:class:`Ledger`): before an upscale request is sent the
-item is recorded as *sent* (with a random ``nonce``), and the moment its answer arrives the answer
-is recorded — both in Airflow's ``task_state_store`` (per task instance, survives retries) and at
-the destination (survives across runs and tasks) before anything depends on it. After a crash the
+item is recorded as *sent* (with a random ``nonce``) — at the destination when there is one (every
+later try and run reads it), else in Airflow's ``task_state_store`` — and the moment its answer
+arrives the answer is recorded in both: the ``task_state_store`` (per task instance, survives
+retries) and the destination (survives across runs and tasks), before anything depends on it. After a crash the
 next try knows which items were answered (skip them, download again if the file is missing) and
 which were in flight without an answer (they may have been charged: see ``pending``).
 
@@ -654,7 +655,7 @@ class Ledger:
             record.pending = [*record.pending, nonce]
             if self.owner is not None:
                 record.sent_by = self.owner
-        self.save(record)
+        self.save(record, intent=True)
         return nonce
 
     def settle(self, record: ItemRecord, nonce: str) -> None:
@@ -662,13 +663,24 @@ class Ledger:
         with self._lock:
             record.pending = [n for n in record.pending if n != nonce]
 
-    def save(self, record: ItemRecord) -> None:
-        """Make this version of the record durable in every store (state store, destination)."""
+    def save(self, record: ItemRecord, *, intent: bool = False) -> None:
+        """Make this version of the record durable in every store (state store, destination).
+
+        ``intent`` (a request about to be sent): one durable store is enough, the destination when
+        there is one (every later try and run reads it, and its version wins over the state
+        store's), else the state store. It is written inside the request's server slot, so one
+        write there instead of two keeps the slot busy with requests; answers go to both stores.
+        """
         snapshot = record.copy()
         # the destination first: if it fails, nothing claims a request that was never sent
         if self.dest is not None:
             self.dest.write(snapshot)
             record.rev = snapshot.rev
+            if intent:
+                with self._lock:
+                    self.records[record.key] = record
+                    self._touched.add(record.key)
+                return
         if self.state is not None:
             with self._lock:
                 self.state.write(snapshot)
