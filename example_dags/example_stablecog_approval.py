@@ -38,6 +38,7 @@ a no-op on 3.1 and 3.2).
 
 from __future__ import annotations
 
+import inspect
 import os
 from datetime import timedelta
 
@@ -50,6 +51,13 @@ from airflow_provider_stablecog.retry_policy import stablecog_retry_policy
 
 SAMPLES_URL = os.environ.get("STABLECOG_EXAMPLE_SAMPLES_URL", "http://127.0.0.1:8765").rstrip("/")
 DEFAULT_IMAGES = [f"{SAMPLES_URL}/samples/{80 + 8 * i}x{72 + 4 * i}.png" for i in range(12)]
+# how long the question stays open: `response_timeout` in the standard provider that comes with
+# Airflow 3.2+, `execution_timeout` in the one that comes with 3.1
+WAIT_FOR_A_HUMAN = (
+    {"response_timeout": timedelta(days=1)}
+    if "response_timeout" in inspect.signature(ApprovalOperator.__mro__[1].__init__).parameters
+    else {"execution_timeout": timedelta(days=1)}
+)
 
 with DAG(
     dag_id="example_stablecog_approval",
@@ -115,7 +123,7 @@ with DAG(
         task_id="approve",
         subject="{{ ti.xcom_pull(task_ids='route', key='subject') }}",
         body="{{ ti.xcom_pull(task_ids='route', key='body') }}",
-        response_timeout=timedelta(days=1),
+        **WAIT_FOR_A_HUMAN,
     )
 
     upscale = UpscaleOperator(
