@@ -33,14 +33,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
 from airflow_provider_stablecog.emulator.faults import PRE_CHARGE_FAULTS
 from airflow_provider_stablecog.emulator.responses import (
     ApiError,
-    DroppedResponse,
-    ResetResponse,
     bad_gateway,
+    deliver_answer,
     error_response,
     too_many_requests,
 )
@@ -388,20 +387,7 @@ async def _deliver(
         "remaining_credits": int(balance),
         "settings": job.settings(),
     }
-    if jitter := state.answer_jitter():
-        await asyncio.sleep(jitter)
-    if fault in ("drop_after_charge", "reset_after_charge"):
-        state.record_fault(fault)
-        state.ledger.responses_lost += 1
-        if fault == "reset_after_charge":
-            return ResetResponse(fallback=json.dumps(body).encode())
-        return DroppedResponse(json.dumps(body).encode())
-    if await request.is_disconnected():
-        state.ledger.responses_lost += 1
-        state.ledger.abandoned_by_client += 1
-    else:
-        state.ledger.delivered += 1
-    return JSONResponse(body)
+    return await deliver_answer(request, state, body, fault)
 
 
 def models_body() -> dict[str, Any]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import socket
 import struct
 from typing import Any
@@ -125,3 +126,26 @@ class TransportExposingApp:
         if scope["type"] == "http" and transport is not None:
             scope.setdefault("extensions", {})[TRANSPORT_EXTENSION] = {"transport": transport}
         await self.app(scope, receive, send)
+
+
+async def deliver_answer(request: Request, state: Any, body: dict[str, Any], fault: str | None) -> Response:
+    """Send a charged job's answer the way the server would — or lose it after the charge.
+
+    Shared by upscale and generation: the answer may be delayed (out of charge order), dropped or
+    cut by a reset (``drop_after_charge``, ``reset_after_charge``); the ledger counts what the
+    client got.
+    """
+    if jitter := state.answer_jitter():
+        await asyncio.sleep(jitter)  # out of charge order: an older, higher balance can arrive later
+    if fault in ("drop_after_charge", "reset_after_charge"):
+        state.record_fault(fault)
+        state.ledger.responses_lost += 1
+        if fault == "reset_after_charge":
+            return ResetResponse(fallback=json.dumps(body).encode())
+        return DroppedResponse(json.dumps(body).encode())
+    if await request.is_disconnected():
+        state.ledger.responses_lost += 1
+        state.ledger.abandoned_by_client += 1
+    else:
+        state.ledger.delivered += 1
+    return JSONResponse(body)

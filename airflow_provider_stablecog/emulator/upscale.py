@@ -20,9 +20,8 @@ from airflow_provider_stablecog.emulator.fetch import FetchFailed, fetch_image
 from airflow_provider_stablecog.emulator.responses import (
     UNKNOWN_ERROR,
     ApiError,
-    DroppedResponse,
-    ResetResponse,
     bad_gateway,
+    deliver_answer,
     error_response,
     too_many_requests,
 )
@@ -307,20 +306,7 @@ async def _deliver(
         body = _success_body(request, state, account, job, source.id, source.image_name, name, balance)
     else:
         body = _success_body(request, state, account, job, name.removesuffix(".jpeg"), name, name, balance)
-    if jitter := state.answer_jitter():
-        await asyncio.sleep(jitter)  # out of charge order: an older, higher balance can arrive later
-    if fault in ("drop_after_charge", "reset_after_charge"):
-        state.record_fault(fault)
-        state.ledger.responses_lost += 1
-        if fault == "reset_after_charge":
-            return ResetResponse(fallback=json.dumps(body).encode())
-        return DroppedResponse(json.dumps(body).encode())
-    if await request.is_disconnected():
-        state.ledger.responses_lost += 1
-        state.ledger.abandoned_by_client += 1
-    else:
-        state.ledger.delivered += 1
-    return JSONResponse(body)
+    return await deliver_answer(request, state, body, fault)
 
 
 def _success_body(
