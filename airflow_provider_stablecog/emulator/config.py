@@ -87,6 +87,10 @@ class EmulatorConfig:
     ``POST /v1/image/upload`` in its own window (default 0.4 × ``rate_limit``: 4 for 10).
     ``rate_limit=0`` disables the derived ones too; ``/v1/health`` is not limited.
 
+    ``latency``: how long an upscale job holds one of the account's run slots, the emulator's own
+    image work included (so the ceiling is ``(plan_concurrency + 1) / latency`` however fast the
+    machine); fetching and validating a URL input comes before, as on the server.
+
     ``latency_jitter``: each charged upscale answer is delayed by a further random 0..jitter s
     (drawn from ``fault_seed``) after the work, so answers arrive out of charge order; every
     answer's ``remaining_credits`` is the balance right after its own charge, as on the server.

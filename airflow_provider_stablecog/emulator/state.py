@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import hashlib
 import math
 import random
@@ -12,7 +13,7 @@ import tempfile
 import time
 import uuid
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -219,8 +220,12 @@ class Ledger:
     refunded: int = 0
     charges_by_input: collections.Counter[str] = field(default_factory=collections.Counter)
     uploads: int = 0
+    #: upscale jobs running (each holds one of the account's run slots: never above plan + 1)
     in_flight: int = 0
     max_in_flight: int = 0
+    #: upscale requests open at the server, held for a slot or running: what clients keep in flight
+    requests_open: int = 0
+    max_requests_open: int = 0
     requests_by_route: collections.Counter[str] = field(default_factory=collections.Counter)
     rate_limited: int = 0
     rate_limited_by_class: collections.Counter[str] = field(default_factory=collections.Counter)
@@ -449,6 +454,16 @@ class EmulatorState:
     def stopped_running(self) -> None:
         self.ledger.in_flight -= 1
 
+    @contextlib.contextmanager
+    def request_open(self) -> Iterator[None]:
+        """An upscale request of an authenticated client, from its arrival to its answer."""
+        self.ledger.requests_open += 1
+        self.ledger.max_requests_open = max(self.ledger.max_requests_open, self.ledger.requests_open)
+        try:
+            yield
+        finally:
+            self.ledger.requests_open -= 1
+
     def generation_started(self) -> None:
         self.ledger.generations_in_flight += 1
         self.ledger.max_generations_in_flight = max(
@@ -478,6 +493,8 @@ class EmulatorState:
             "in_flight": ledger.in_flight,
             "waiting": sum(self.waiting(a) for a in self.accounts.values()),
             "max_in_flight": ledger.max_in_flight,
+            "requests_open": ledger.requests_open,
+            "max_requests_open": ledger.max_requests_open,
             "requests_by_route": dict(ledger.requests_by_route),
             "rate_limited": ledger.rate_limited,
             "rate_limited_by_class": dict(ledger.rate_limited_by_class),

@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import json
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -188,6 +189,11 @@ async def _validated(state: EmulatorState, data: bytes) -> bytes:
 async def create_upscale(request: Request, state: EmulatorState) -> Response:
     """``POST /v1/image/upscale/create`` (and the deprecated ``/v1/image/upscale``)."""
     account = authenticate(request, state)
+    with state.request_open():
+        return await _create_upscale(request, state, account)
+
+
+async def _create_upscale(request: Request, state: EmulatorState, account: Account) -> Response:
     job = await parse_job(request)
     fault = state.draw_fault(job.key)
     if fault in PRE_CHARGE_FAULTS:
@@ -261,23 +267,29 @@ async def _hold(
 
 
 async def _work(state: EmulatorState, source: GeneratedOutput | bytes, fault: str | None) -> str:
+    """The job in its run slot: ``latency`` seconds in all, the emulator's own image work included
+    (a real worker's time is the latency a user measures; Pillow's here is an artefact)."""
+    started = time.monotonic()
     delay = state.config.latency
     if fault == "slow":
         state.record_fault(fault)
         delay = max(delay, state.config.slow_seconds)
-    await asyncio.sleep(delay)
     if fault == "worker_failure":
+        await asyncio.sleep(delay)
         state.record_fault(fault)
         raise WorkerFailed()
     if isinstance(source, bytes) and imaging.WORKER_FAILS_MARKER in source:
+        await asyncio.sleep(delay)
         state.ledger.broken_inputs += 1
         raise WorkerFailed()  # an image the validation accepts and the worker cannot process
     name, path = state.new_output_file()
     try:
         await asyncio.to_thread(_upscale_source, state, source, path)
     except (OSError, SyntaxError, ValueError) as exc:  # Pillow could not process it: as the worker
+        await asyncio.sleep(max(0.0, delay - (time.monotonic() - started)))
         state.ledger.broken_inputs += 1
         raise WorkerFailed() from exc
+    await asyncio.sleep(max(0.0, delay - (time.monotonic() - started)))
     return name
 
 

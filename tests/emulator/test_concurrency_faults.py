@@ -42,9 +42,11 @@ def test_plan_concurrency_plus_one_run_rest_are_held(make_app):
     responses, midway, elapsed = run_async(app, scenario)
     assert [r.status_code for r in responses] == [200] * 5
     assert (midway["in_flight"], midway["waiting"], midway["charged"]) == (2, 3, 5)
+    assert midway["requests_open"] == 5  # what the clients keep in flight: running + held
     assert elapsed >= 0.85  # three rounds of 0.3 s: 2 + 2 + 1
     books = state_of(app).snapshot()
-    assert (books["max_in_flight"], books["net_charged"]) == (2, 5)
+    assert (books["max_in_flight"], books["max_requests_open"], books["net_charged"]) == (2, 5, 5)
+    assert books["requests_open"] == 0
     assert (books["delivered"], books["balance"]) == (5, 95)
 
 
