@@ -637,9 +637,10 @@ class UpscaleBatch:
                 record.status = self.kind.done_status
         try:
             self.ledger.save(record)  # durable before anything depends on the answer
-        except OSError as exc:  # the state store has it; finish() writes the destination again
+        except OSError as exc:  # no state store took it either: finish() writes it again
             self.log.warning(
-                "Could not record the answer for %s at the destination (%s: %s)",
+                "Could not record the answer for %s at the destination (%s: %s); it is kept for the "
+                "end of the try",
                 record.input,
                 type(exc).__name__,
                 exc,

@@ -13,12 +13,14 @@ Everything the provider knows about money goes through this module:
   stored — the clear input is kept only in its redacted form (``input``).
 
 Durability is **write-ahead, per item** (:class:`Ledger`): before an upscale request is sent the
-item is recorded as *sent* (with a random ``nonce``) — at the destination when there is one (every
-later try and run reads it), else in Airflow's ``task_state_store`` — and the moment its answer
-arrives the answer is recorded in both: the ``task_state_store`` (per task instance, survives
-retries) and the destination (survives across runs and tasks), before anything depends on it. After a crash the
-next try knows which items were answered (skip them, download again if the file is missing) and
-which were in flight without an answer (they may have been charged: see ``pending``).
+item is recorded as *sent* (with a random ``nonce``), and the moment its answer arrives the answer
+is recorded, before anything depends on it — each version in one durable store: the destination
+when there is one (it survives across tries, runs and tasks, and every one of them reads it), else
+Airflow's ``task_state_store`` (per task instance, survives retries; Airflow 3.3). An answer the
+destination cannot take goes to the state store instead. After a crash the next try knows which
+items were answered (skip them, download again if the file is missing) and which were in flight
+without an answer (they may have been charged: see ``pending``). Versions in either store carry a
+time-based ``rev``, so the newest wins wherever it was written.
 
 At a destination the truth is the folder ``.stablecog/`` beside the images:
 
@@ -63,6 +65,7 @@ STATE_PREFIX = "stablecog.ledger"
 STATE_VALUE_LIMIT = 65535
 _KEY = re.compile(r"^[0-9a-f]{32}$")
 _IMAGE_STEM = re.compile(r"^[0-9a-f]{32}(-[0-9]+)?$")
+_REV = re.compile(r"^[0-9a-z]+-[0-9a-f]+$")
 _ITEM_NAME = re.compile(r"^(?P<key>[0-9a-f]{32})\.(?P<rev>[0-9a-z]+-[0-9a-f]+)\.json$")
 IMAGE_EXTENSION = "jpg"
 #: segments kept before the next finishing task merges them into one
@@ -367,14 +370,16 @@ class StateStoreLedger:
         return self.store.get(f"{STATE_PREFIX}.{n}", None)
 
     def write(self, record: ItemRecord) -> None:
-        """Callers serialise writes (the numbering must have no gaps)."""
+        """Callers serialise writes (the numbering must have no gaps). Sets ``record.rev``: on the
+        destination's clock (:func:`new_rev`), so a version here and one there compare by time."""
         if self._next is None:
             self._next = 0
             while self._get(self._next) is not None:
                 self._next += 1
+        record.rev = new_rev()
         value = record.state_value()
         if len(json.dumps(value)) > STATE_VALUE_LIMIT:  # never: URLs are short. Keep the essentials.
-            keep = ("key", "status", "output_id", "url", "pending", "output_ids", "urls", "seed", "sent_at")
+            keep = ("key", "rev", "status", "output_id", "url", "pending", "output_ids", "urls", "seed", "sent_at")
             value = {k: value[k] for k in keep if k in value}
         self.store.set(f"{STATE_PREFIX}.{self._next}", value)
         self._next += 1
@@ -389,7 +394,9 @@ class StateStoreLedger:
             if record is None:
                 damaged += 1
             else:
-                record.rev = f"{n:012d}"
+                # a value of provider 0.2 has no time-based rev: its number (older than any rev)
+                if not record.rev or not _REV.match(record.rev):
+                    record.rev = f"{n:012d}"
                 out[record.key] = newer(out.get(record.key), record) or record
             n += 1
         self._next = n
@@ -575,10 +582,10 @@ def _parse(line: str) -> ItemRecord | None:
 
 
 class Ledger:
-    """The records of one task's items, durable in the state store and at the destination.
+    """The records of one task's items, durable at the destination or in the state store.
 
     Thread-safe: worker threads call :meth:`sent` just before a request and :meth:`save` the
-    moment its answer arrives; both return only once the record is durable in every store.
+    moment its answer arrives; both return only once the record is durable (see :meth:`save`).
     """
 
     def __init__(
@@ -664,27 +671,40 @@ class Ledger:
             record.pending = [n for n in record.pending if n != nonce]
 
     def save(self, record: ItemRecord, *, intent: bool = False) -> None:
-        """Make this version of the record durable in every store (state store, destination).
+        """Make this version of the record durable in one store before returning.
 
-        ``intent`` (a request about to be sent): one durable store is enough, the destination when
-        there is one (every later try and run reads it, and its version wins over the state
-        store's), else the state store. It is written inside the request's server slot, so one
-        write there instead of two keeps the slot busy with requests; answers go to both stores.
+        The destination when there is one: every later try and run reads it, and the record's
+        item, cost and owner are in it, so a second copy per version in the state store (one
+        execution-API call each, on a loaded worker) would buy nothing. If the destination cannot
+        take an *answer*, the state store takes it instead (the same task instance's retries read
+        it, and :meth:`finish` writes it to the destination again); an *intent* (``intent=True``,
+        a request about to be sent) that the destination cannot take raises, so nothing is sent
+        that no later try could know of. Without a destination: the state store.
+
+        :raises OSError: nothing could take the version (the caller decides: an intent is never
+            sent; an answer stays in memory until :meth:`finish`).
         """
         snapshot = record.copy()
-        # the destination first: if it fails, nothing claims a request that was never sent
         if self.dest is not None:
-            self.dest.write(snapshot)
-            record.rev = snapshot.rev
-            if intent:
+            try:
+                self.dest.write(snapshot)
+            except OSError as exc:
+                if intent or self.state is None:
+                    raise
+                self.log.warning(
+                    "Could not record %s at the destination (%s: %s); kept in the task state store, "
+                    "and written to the destination again at the end of the try",
+                    record.input,
+                    type(exc).__name__,
+                    exc,
+                )
                 with self._lock:
-                    self.records[record.key] = record
-                    self._touched.add(record.key)
-                return
-        if self.state is not None:
+                    self.state.write(snapshot)
+        elif self.state is not None:
             with self._lock:
                 self.state.write(snapshot)
         with self._lock:
+            record.rev = snapshot.rev
             self.records[record.key] = record
             self._touched.add(record.key)
 

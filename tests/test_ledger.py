@@ -171,6 +171,40 @@ def test_state_store_values_stay_small_and_a_retry_reads_them(tmp_path):
     assert sum(r.in_flight_at_crash for r in loaded.values()) == 200
 
 
+def test_with_a_destination_each_version_is_in_one_store_and_the_state_store_is_the_fallback(tmp_path):
+    """One durable write per version (no execution-API call per answer when the destination has
+    it); an answer the destination refuses lands in the state store, and its version wins there."""
+    store = MemoryStateStore()
+    ledger = Ledger(store=store, destination=resolve_destination(str(tmp_path)))
+    first, second = _answered("https://x.test/1.png", 1), _answered("https://x.test/2.png", 2)
+    for record in (first, second):
+        ledger.sent(record)
+        ledger.save(record)
+    assert store == {}  # the destination took every version
+    second.downloaded(str(tmp_path / "2.jpg"), 8, 8)
+
+    def refuse(record):
+        raise OSError(28, "No space left on device")
+
+    ledger.dest.write = refuse
+    ledger.save(second)  # the destination is full: the state store keeps the answer
+    assert len(store) == 1
+    with pytest.raises(OSError):  # an intent nobody can read later is never written, so never sent
+        ledger.sent(_answered("https://x.test/3.png", 3))
+    loaded = Ledger(store=store, destination=resolve_destination(str(tmp_path))).load()
+    assert loaded[second.key].path == str(tmp_path / "2.jpg")  # the state store's newer version won
+    assert loaded[first.key].paid and not loaded[first.key].path
+    # a state-store version older than the destination's loses (one clock for both stores)
+    first.downloaded(str(tmp_path / "1.jpg"), 8, 8)
+    Ledger(destination=resolve_destination(str(tmp_path))).save(first)
+    stale = _answered("https://x.test/1.png", 1)
+    Ledger(store=store).save(stale)
+    store_first = next(v for v in store.values() if v["key"] == first.key)
+    store_first["rev"] = "0000000000001-abcdef"  # written before the destination's version
+    again = Ledger(store=store, destination=resolve_destination(str(tmp_path))).load()
+    assert again[first.key].path == str(tmp_path / "1.jpg")
+
+
 def _write_concurrently(target, tasks: int, per_task: int) -> None:
     barrier = threading.Barrier(tasks)
 
