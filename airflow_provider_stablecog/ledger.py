@@ -379,7 +379,18 @@ class StateStoreLedger:
         record.rev = new_rev()
         value = record.state_value()
         if len(json.dumps(value)) > STATE_VALUE_LIMIT:  # never: URLs are short. Keep the essentials.
-            keep = ("key", "rev", "status", "output_id", "url", "pending", "output_ids", "urls", "seed", "sent_at")
+            keep = (
+                "key",
+                "rev",
+                "status",
+                "output_id",
+                "url",
+                "pending",
+                "output_ids",
+                "urls",
+                "seed",
+                "sent_at",
+            )
             value = {k: value[k] for k in keep if k in value}
         self.store.set(f"{STATE_PREFIX}.{self._next}", value)
         self._next += 1

@@ -35,7 +35,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=defaults.plan_concurrency,
         help="plan's parallel upscales; the server runs one more (default %(default)s)",
     )
-    add("--latency", type=float, default=defaults.latency, help="seconds an upscale holds its run slot, the emulator's image work included (default %(default)s)")
+    add(
+        "--latency",
+        type=float,
+        default=defaults.latency,
+        help="seconds an upscale holds its run slot, the emulator's image work included (default %(default)s)",
+    )
     add(
         "--latency-jitter",
         type=float,
