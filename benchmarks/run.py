@@ -371,7 +371,7 @@ def operator_rates(
         result = run_child(spec_run, conn, f"{label} run {run + 1}", extra_env=extra_env)
         ledger = emu.ledger()
         result["rate"] = n / result["wall_s"]
-        result["server_max_in_flight"] = ledger["max_in_flight"]
+        result["server_max_in_flight"] = ledger["max_requests_open"]
         result["rate_limited"] = ledger["rate_limited"]
         results.append(result)
         log(
@@ -1244,7 +1244,7 @@ def _kill_run(
     before = emu.ledger()
     stack.kill_worker(victim)
     after_kill = emu.ledger()
-    in_flight = max(before["in_flight"], after_kill["in_flight"])
+    in_flight = max(before["requests_open"], after_kill["requests_open"])
     log(
         f"  killed {victim} (chunks {by_worker[victim]}) at {before['charged']} charges, "
         f"{in_flight} upscales of the account in flight"
@@ -1275,7 +1275,7 @@ def _kill_run(
         "double_charged": sum(c - 1 for c in charges.values() if c > 1),
         "items_charged_twice": sum(1 for c in charges.values() if c > 1),
         "reported": reported,
-        "max_in_flight": ledger["max_in_flight"],
+        "max_in_flight": ledger["max_requests_open"],
         "workers_alive": [w for w in stack.worker_names if stack.services[w].alive()],
     }
 
@@ -1322,7 +1322,7 @@ def figure_9(settings: Settings, out: FigureResult) -> None:
             log(
                 f"  fan-out: {fan['state']} in {fan['wall_s']:.0f} s (first chunk after "
                 f"{fan['before_chunks_s']:.0f} s, chunks span {fan['chunk_span_s']:.0f} s, "
-                f"max in flight {fan['ledger']['max_in_flight']}, charged {fan['ledger']['net_charged']})"
+                f"max in flight {fan['ledger']['max_requests_open']} (running {fan['ledger']['max_in_flight']}), charged {fan['ledger']['net_charged']})"
             )
             log(f"  per-image mapped tasks: {s.f9_mapped_n} images")
             per = _per_image(stack, emu, s.f9_mapped_n, 500_000, timeout=s.f9_mapped_n * 5 + 600)
@@ -1349,7 +1349,7 @@ def figure_9(settings: Settings, out: FigureResult) -> None:
     met = (
         fan["state"] == "success"
         and ratio >= 0.9
-        and fan_ledger["max_in_flight"] <= slots
+        and fan_ledger["max_requests_open"] <= slots
         and fan_ledger["net_charged"] == fan["n"]
         and kill["state"] == "success"
         and kill["files"] == kill["n"]
@@ -1357,7 +1357,7 @@ def figure_9(settings: Settings, out: FigureResult) -> None:
     )
     out.summary = (
         f"{fan['n']} images on {s.f9_workers} Celery workers: {rate:.2f} images/s = {ratio:.3f} of the ceiling, "
-        f"max in flight {fan_ledger['max_in_flight']}, credits {fan_ledger['net_charged']}; worker kill: "
+        f"max in flight {fan_ledger['max_requests_open']}, credits {fan_ledger['net_charged']}; worker kill: "
         f"{kill['files']}/{kill['n']} delivered, {kill['double_charged']} double charge(s) with "
         f"{kill['in_flight_at_kill']} in flight"
     )
@@ -1383,7 +1383,9 @@ def figure_9(settings: Settings, out: FigureResult) -> None:
         f"slots. Ceiling = (plan + 1) / latency = {ceiling:g} images/s. Times are from the REST call that "
         "triggers the run to the run's end date: every scheduling step (work list, chunking, the credits sensor, "
         "queueing each chunk through Redis, task start-up, collect) is inside. Credits and in-flight are the "
-        "emulator's ledger, not the operator's report. Load average (1 min) is shown before → after each run.",
+        "emulator's ledger, not the operator's report; in flight = the account's upscale requests open at the "
+        "server (held for a run slot or running): what the pool must bound, as the server runs plan + 1 of "
+        "them whatever the clients send. Load average (1 min) is shown before → after each run.",
         "",
         "**The fan-out** (`example_stablecog_credit_aware_fanout`, `STABLECOG_CHUNK_CONCURRENCY=1`: each chunk "
         f"claims 1 pool slot and keeps 1 upscale in flight, so {slots} chunks run at once across the workers):",
@@ -1396,7 +1398,7 @@ def figure_9(settings: Settings, out: FigureResult) -> None:
                 "images/s",
                 "ratio to ceiling",
                 "chunk span s",
-                "emulator max in flight",
+                "emulator max in flight (requests open)",
                 "credits charged",
                 "files",
                 "429s",
@@ -1410,7 +1412,7 @@ def figure_9(settings: Settings, out: FigureResult) -> None:
                     f"{rate:.2f}",
                     f"{ratio:.3f}",
                     f"{fan['chunk_span_s']:.1f}",
-                    fan_ledger["max_in_flight"],
+                    fan_ledger["max_requests_open"],
                     fan_ledger["net_charged"],
                     fan["files"],
                     fan_ledger["rate_limited"],
@@ -1430,7 +1432,7 @@ def figure_9(settings: Settings, out: FigureResult) -> None:
                 "wall s",
                 "images/s",
                 "ratio to ceiling",
-                "emulator max in flight",
+                "emulator max in flight (requests open)",
                 "credits charged",
                 "load 1 min",
             ],
@@ -1442,7 +1444,7 @@ def figure_9(settings: Settings, out: FigureResult) -> None:
                     f"{fan['wall_s']:.1f}",
                     f"{rate:.2f}",
                     f"{ratio:.3f}",
-                    fan_ledger["max_in_flight"],
+                    fan_ledger["max_requests_open"],
                     fan_ledger["net_charged"],
                     fmt_load(fan["load"]),
                 ],
@@ -1453,7 +1455,7 @@ def figure_9(settings: Settings, out: FigureResult) -> None:
                     f"{per['wall_s']:.1f}",
                     f"{per_rate:.2f}",
                     f"{per_rate / ceiling:.3f}",
-                    per["ledger"]["max_in_flight"],
+                    per["ledger"]["max_requests_open"],
                     per["ledger"]["net_charged"],
                     fmt_load(per["load"]),
                 ],
