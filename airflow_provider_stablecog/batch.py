@@ -401,7 +401,7 @@ class UpscaleBatch:
                     if (
                         pending
                         and not self._over_budget(0, self._cost(pending[0]))
-                        and self._refresh_balance()
+                        and self._refresh_balance(self._cost(pending[0]))
                     ):
                         continue
                     break  # nothing in flight and nothing may start: the rest is not started
@@ -512,11 +512,12 @@ class UpscaleBatch:
             upscales[pool.submit(self._upscale, key)] = key
             self._sent_any = True
 
-    def _refresh_balance(self) -> bool:
-        """The floor blocks work with nothing in flight: read ``/v1/credits`` once; True if it helps."""
+    def _refresh_balance(self, cost: int) -> bool:
+        """The floor blocks the next item (``cost`` credits) with nothing in flight: read
+        ``/v1/credits`` once; True if the fresh balance lets it start."""
         if (
             self._fresh_read_done
-            or self._spend_limit_reached()
+            or self._spend_limit_reached(cost)
             or self._fatal is not None
             or self.stop_event.is_set()
             or self._balance is None
@@ -533,7 +534,7 @@ class UpscaleBatch:
                 "Balance re-read: %d credits (was %d by the last answer; refunds?)", fresh, self._balance
             )
             self._balance = fresh
-            return fresh - 1 >= self.options.credit_reserve
+            return fresh - cost >= self.options.credit_reserve
         self._balance = fresh
         return False
 

@@ -28,9 +28,9 @@ MAX_ERRORS_SHOWN = 5
 class StablecogBatchOperator(BaseOperator):
     """The shared part of the batch operators (not used on its own).
 
-    Subclasses set ``stablecog_conn_id``, ``destination``, ``max_concurrency``, ``rate_limit``,
-    ``credit_reserve``, ``max_credits``, ``max_failed_ratio`` and ``fail_on_not_started`` in
-    ``__init__``, and pass their ``**kwargs`` through :func:`~airflow_provider_stablecog.compat.drop_unsupported_arguments`.
+    Its ``__init__`` takes the arguments every batch operator has (documented on each operator);
+    a subclass takes its own, passes the rest on, sets its fields and then calls
+    :func:`validate_static`.
     """
 
     #: what the items are called in logs and messages
@@ -47,6 +47,47 @@ class StablecogBatchOperator(BaseOperator):
     max_failed_ratio: float
     fail_on_not_started: bool
     _stop: threading.Event | None = None
+
+    def __init__(
+        self,
+        *,
+        destination: Any = None,
+        model_id: str | None = None,
+        stablecog_conn_id: str = StablecogHook.default_conn_name,
+        max_concurrency: int | None = None,
+        rate_limit: float | None = None,
+        credit_reserve: int = 0,
+        max_credits: int | str | None = None,
+        max_failed_ratio: float = 0.0,
+        fail_on_not_started: bool = True,
+        dry_run: bool = False,
+        resend_possibly_charged: bool = True,
+        progress_interval: float = 10.0,
+        emit_asset: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        from airflow_provider_stablecog.compat import drop_unsupported_arguments
+
+        if kwargs.get("map_index_template") is None:
+            kwargs["map_index_template"] = "{{ stablecog_batch_label }}"
+        super().__init__(**drop_unsupported_arguments(kwargs))
+        self.destination = destination
+        self.model_id = model_id
+        self.stablecog_conn_id = stablecog_conn_id
+        self.max_concurrency = max_concurrency
+        self.rate_limit = rate_limit
+        self.credit_reserve = credit_reserve
+        self.max_credits = max_credits
+        self.max_failed_ratio = max_failed_ratio
+        self.fail_on_not_started = fail_on_not_started
+        self.plan_only = dry_run  # not ``self.dry_run``: that would shadow BaseOperator.dry_run()
+        self.resend_possibly_charged = resend_possibly_charged
+        self.progress_interval = progress_interval
+        self._stop = None  # made in execute: a lock cannot be deep-copied
+        #: the last execute's spend and outcome (also pushed as the ``summary`` XCom)
+        self.summary: dict[str, Any] = {}
+        if emit_asset and isinstance(destination, str) and "{{" not in destination:
+            self._add_destination_asset(destination)
 
     def _add_destination_asset(self, destination: str) -> None:
         from airflow.sdk import Asset

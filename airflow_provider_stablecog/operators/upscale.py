@@ -21,8 +21,6 @@ import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_stablecog.compat import drop_unsupported_arguments
-from airflow_provider_stablecog.hooks.stablecog import StablecogHook
 from airflow_provider_stablecog.operators.base import (
     StablecogBatchOperator,
     validate_static,
@@ -51,8 +49,8 @@ class UpscaleOperator(StablecogBatchOperator):
     :param credit_reserve: never start an upscale that could take the balance below this.
     :param max_credits: a budget: the most this task may spend **across all its tries** (retries
         and clears of the same task instance). What earlier tries spent is read from the ledger
-        (the state store and the destination), so a retry cannot reset it; requests that may have
-        been charged without an answer count as spent. Items past the budget are left
+        (the destination, or the state store without one), so a retry cannot reset it; requests
+        that may have been charged without an answer count as spent. Items past the budget are left
         ``not_started`` (code ``max_credits``) and the task fails without retrying; the summary
         shows budget, spent and left. ``None`` (default): no budget. Templated (e.g. the credits
         a human approved: ``"{{ ti.xcom_pull(task_ids='price')['credits_needed'] }}"``).
@@ -90,47 +88,15 @@ class UpscaleOperator(StablecogBatchOperator):
         *,
         inputs: Any,
         destination: str | ObjectStoragePath | None = None,
-        model_id: str | None = None,
-        stablecog_conn_id: str = StablecogHook.default_conn_name,
-        max_concurrency: int | None = None,
-        rate_limit: float | None = None,
-        credit_reserve: int = 0,
-        max_credits: int | str | None = None,
-        max_failed_ratio: float = 0.0,
-        fail_on_not_started: bool = True,
-        dry_run: bool = False,
-        resend_possibly_charged: bool = True,
         downscale_oversized: bool = False,
-        progress_interval: float = 10.0,
-        emit_asset: bool = True,
         credit_plan: Any = None,
         **kwargs: Any,
     ) -> None:
-        if kwargs.get("map_index_template") is None:
-            kwargs["map_index_template"] = "{{ stablecog_batch_label }}"
-        super().__init__(**drop_unsupported_arguments(kwargs))
+        super().__init__(destination=destination, **kwargs)
         self.inputs = inputs
-        self.destination = destination
-        self.model_id = model_id
-        self.stablecog_conn_id = stablecog_conn_id
-        self.max_concurrency = max_concurrency
-        self.rate_limit = rate_limit
-        self.credit_reserve = credit_reserve
-        self.max_credits = max_credits
-        self.max_failed_ratio = max_failed_ratio
-        self.fail_on_not_started = fail_on_not_started
-        # not ``self.dry_run``: that would shadow BaseOperator.dry_run()
-        self.plan_only = dry_run
-        self.resend_possibly_charged = resend_possibly_charged
         self.downscale_oversized = downscale_oversized
-        self.progress_interval = progress_interval
         self.credit_plan = credit_plan
-        self._stop: threading.Event | None = None  # made in execute: a lock cannot be deep-copied
-        #: the last execute's spend and outcome (also pushed as the ``summary`` XCom)
-        self.summary: dict[str, Any] = {}
         validate_static(self)
-        if emit_asset and isinstance(destination, str) and "{{" not in destination:
-            self._add_destination_asset(destination)
 
     # -- execute -----------------------------------------------------------------------------------
 

@@ -27,7 +27,7 @@ import re
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Generic, Literal, TypeVar
 from urllib.parse import unquote, urlsplit
 
 from airflow_provider_stablecog.utils.urls import redact_url
@@ -66,6 +66,10 @@ class InputItem:
         return redact_url(self.value) if self.kind == "url" else self.value
 
 
+#: the item type of a plan (an :class:`InputItem`, or a prompt's ``GenerationItem``)
+ItemT = TypeVar("ItemT")
+
+
 @dataclass(frozen=True)
 class InvalidInput:
     """An item rejected before anything was sent; ``message`` says what to do."""
@@ -77,11 +81,15 @@ class InvalidInput:
 
 
 @dataclass
-class InputPlan:
-    """``positions[i]`` is the key of item ``i`` (or its InvalidInput); ``unique`` keeps first-seen order."""
+class InputPlan(Generic[ItemT]):
+    """``positions[i]`` is the key of item ``i`` (or its InvalidInput); ``unique`` keeps first-seen order.
+
+    The plan of any batch's items: images here (:func:`plan_inputs`), prompts in
+    :class:`~airflow_provider_stablecog.utils.prompts.PromptPlan`.
+    """
 
     positions: list[str | InvalidInput]
-    unique: dict[str, InputItem]
+    unique: dict[str, ItemT]
 
     @property
     def invalid(self) -> list[InvalidInput]:

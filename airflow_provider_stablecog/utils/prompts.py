@@ -31,7 +31,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_stablecog.utils.inputs import InputItem, InvalidInput, is_uuid, parse_input
+from airflow_provider_stablecog.utils.inputs import InputItem, InputPlan, InvalidInput, is_uuid, parse_input
 
 if TYPE_CHECKING:
     from airflow_provider_stablecog.models import GenerationDefaults, GenerationModel
@@ -123,19 +123,9 @@ class GenerationItem:
 
 
 @dataclass
-class PromptPlan:
-    """``positions[i]`` is the key of item ``i`` (or its InvalidInput); ``unique`` keeps first-seen order."""
-
-    positions: list[str | InvalidInput]
-    unique: dict[str, GenerationItem]
-
-    @property
-    def invalid(self) -> list[InvalidInput]:
-        return [p for p in self.positions if isinstance(p, InvalidInput)]
-
-    def display_for(self, index: int) -> str:
-        entry = self.positions[index]
-        return entry.display if isinstance(entry, InvalidInput) else self.unique[entry].display
+class PromptPlan(InputPlan["GenerationItem"]):
+    """The plan of a generation batch: an :class:`~airflow_provider_stablecog.utils.inputs.InputPlan`
+    of prompts, with what they cost."""
 
     def credits(self) -> int:
         """Σ num_outputs over the unique valid items: what generating all of them costs."""

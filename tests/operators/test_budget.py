@@ -1,7 +1,7 @@
 """A budget (``max_credits``): the most one task instance may spend across all its tries.
 
-Judged by the emulator's ledger. What earlier tries spent is read back from the ledger (the task
-state store and the destination), so neither a retry nor a lost state store resets it.
+Judged by the emulator's ledger. What earlier tries spent is read back from the ledger (the
+destination, or the task state store without one), so a retry cannot reset it.
 """
 
 from __future__ import annotations
