@@ -126,7 +126,7 @@ class StablecogBatchOperator(BaseOperator):
     def _open_ledger(
         self, context: Context, destination: ObjectStoragePath | None, max_credits: int | None
     ) -> Ledger:
-        """This task instance's ledger: the state store (3.3) and the destination, owned by the task."""
+        """This task instance's ledger, owned by the task: the destination, else the state store (3.3)."""
         from airflow_provider_stablecog.compat import task_identity, task_state_store
         from airflow_provider_stablecog.ledger import Ledger
 
