@@ -109,6 +109,94 @@ class StablecogBatchOperator(BaseOperator):
         if "hook" in self.__dict__:
             self.hook.client.cancel()
 
+    # -- the run -------------------------------------------------------------------------------
+
+    def execute(self, context: Context) -> Any:
+        """Plan the items, then run the batch engine (or return the dry run's plan)."""
+        from airflow_provider_stablecog.batch import BatchOptions, UpscaleBatch
+
+        self._stop = threading.Event()
+        max_credits = self._rendered_budget()
+        concurrency = self._concurrency()
+        # the session is made at the first request: size its pool for the threads first
+        self.hook.pool_size = max(self.hook.pool_size, concurrency + 4)
+        plan = self._plan_items()
+        # a mapped chunk is labelled; an unmapped task renders "" (Airflow then shows no "Map Index")
+        ti = context.get("ti")
+        mapped = ti is None or getattr(ti, "map_index", -1) >= 0
+        context["stablecog_batch_label"] = self._batch_label(plan) if mapped else ""  # type: ignore[typeddict-unknown-key]
+        self._log_invalid(plan)
+        options = BatchOptions(
+            max_concurrency=concurrency,
+            credit_reserve=self.credit_reserve,
+            max_credits=max_credits,
+            progress_interval=self.progress_interval,
+            resend_possibly_charged=self.resend_possibly_charged,
+            **self._batch_options(),
+        )
+        destination = self._prepare_destination()
+        batch = UpscaleBatch(
+            self.hook.client,
+            plan,
+            options,
+            destination=destination,
+            ledger=self._open_ledger(context, destination, max_credits),
+            log=self.log,
+            stop_event=self._stop,
+            kind=self._job_kind(),
+        )
+        todo = batch.plan()
+        self._before_run(options, todo, batch)
+        credits = self._starting_credits() if (todo.to_upscale or self.plan_only) else None
+        if self.plan_only:
+            return self._dry_run_plan(plan, batch, todo, credits, self._dry_run_head(plan, todo))
+        self._log_start(plan, todo, credits, concurrency)
+        self._log_budget(todo)
+        report = batch.run(credits)
+        self.summary = self._log_summary(report, plan)
+        if ti is not None:  # the spend report, for a downstream task (e.g. a cost tracker)
+            ti.xcom_push(key="summary", value=self.summary)
+            self._push_xcoms(ti, plan, report)
+        self._emit_asset_events(context, report, destination)
+        self._raise_if_incomplete(report, plan)
+        return self._xcom(plan, report)
+
+    # -- what each operator adds to the run ------------------------------------------------------
+
+    def _plan_items(self) -> Any:
+        """The rendered items as an :class:`~airflow_provider_stablecog.utils.inputs.InputPlan`."""
+        raise NotImplementedError
+
+    def _batch_label(self, plan: Any) -> str:
+        """The map index label of a mapped task: how many items, the first and the last."""
+        raise NotImplementedError
+
+    def _batch_options(self) -> dict[str, Any]:
+        """The operator's own :class:`~airflow_provider_stablecog.batch.BatchOptions` fields."""
+        return {}
+
+    def _job_kind(self) -> Any:
+        """What is sent for each item (``None``: the upscale)."""
+        return None
+
+    def _before_run(self, options: Any, todo: BatchPlan, batch: Any) -> None:
+        """A last word on the options once the plan is known (a fan-out chunk's spend limit)."""
+
+    def _dry_run_head(self, plan: Any, todo: BatchPlan) -> dict[str, Any]:
+        """The operator's own counts at the head of the dry run's result."""
+        raise NotImplementedError
+
+    def _log_start(self, plan: Any, todo: BatchPlan, credits: int | None, concurrency: int) -> None:
+        raise NotImplementedError
+
+    def _push_xcoms(self, ti: Any, plan: Any, report: BatchReport) -> None:
+        """XComs beside ``summary`` and the records."""
+
+    def _credits_line(self, credits: int | None, todo: BatchPlan) -> str:
+        if credits is None:
+            return "no credit needed"
+        return f"{credits} credits available, {todo.credits_needed} needed, reserve {self.credit_reserve}"
+
     # -- steps shared by the batch operators ---------------------------------------------------
 
     def _rendered_budget(self) -> int | None:

@@ -28,7 +28,6 @@ request was recorded) before it is paid again.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -38,7 +37,6 @@ from airflow_provider_stablecog.operators.base import (
 )
 
 if TYPE_CHECKING:
-    from airflow.sdk import Context
     from airflow.sdk.definitions.xcom_arg import XComArg
 
     from airflow_provider_stablecog.batch import BatchReport
@@ -167,53 +165,29 @@ class StablecogGenerateOperator(StablecogBatchOperator):
 
     # -- execute -----------------------------------------------------------------------------------
 
-    def execute(self, context: Context) -> Any:
-        from airflow_provider_stablecog.batch import BatchOptions, UpscaleBatch
+    def _plan_items(self) -> PromptPlan:
+        return self.plan_prompts()
+
+    def _batch_label(self, plan: PromptPlan) -> str:
+        n = len(plan.positions)
+        if not n:
+            return "0 prompts"
+        first, last = plan.display_for(0)[:40], plan.display_for(n - 1)[:40]
+        return f"{n} prompts: {first}" + (f" … {last}" if n > 1 else "")
+
+    def _job_kind(self) -> Any:
         from airflow_provider_stablecog.jobs import GenerateJob
 
-        self._stop = threading.Event()
-        max_credits = self._rendered_budget()
-        concurrency = self._concurrency()
-        # the session is made at the first request: size its pool for the threads first
-        self.hook.pool_size = max(self.hook.pool_size, concurrency + 4)
-        plan = self.plan_prompts()
-        ti = context.get("ti")
-        mapped = ti is None or getattr(ti, "map_index", -1) >= 0
-        context["stablecog_batch_label"] = _batch_label(plan) if mapped else ""  # type: ignore[typeddict-unknown-key]
-        self._log_invalid(plan)
-        destination = self._prepare_destination()
-        ledger = self._open_ledger(context, destination, max_credits)
-        options = BatchOptions(
-            max_concurrency=concurrency,
-            credit_reserve=self.credit_reserve,
-            max_credits=max_credits,
-            progress_interval=self.progress_interval,
-            resend_possibly_charged=self.resend_possibly_charged,
-        )
-        batch = UpscaleBatch(
-            self.hook.client,
-            plan,
-            options,
-            destination=destination,
-            ledger=ledger,
-            log=self.log,
-            stop_event=self._stop,
-            kind=GenerateJob(),
-        )
-        todo = batch.plan()
-        credits = self._starting_credits() if (todo.to_upscale or self.plan_only) else None
-        if self.plan_only:
-            return self._dry_run_plan(
-                plan,
-                batch,
-                todo,
-                credits,
-                {
-                    "prompts": len(plan.positions),
-                    "unique": len(plan.unique),
-                    "to_generate": len(todo.to_upscale),
-                },
-            )
+        return GenerateJob()
+
+    def _dry_run_head(self, plan: PromptPlan, todo: Any) -> dict[str, Any]:
+        return {
+            "prompts": len(plan.positions),
+            "unique": len(plan.unique),
+            "to_generate": len(todo.to_upscale),
+        }
+
+    def _log_start(self, plan: PromptPlan, todo: Any, credits: int | None, concurrency: int) -> None:
         self.log.info(
             "Generating %d unique prompts (%d given, %d already done, %d to download again, %d invalid, "
             "%d in flight when an earlier try ended) with %d in flight; %s",
@@ -224,19 +198,11 @@ class StablecogGenerateOperator(StablecogBatchOperator):
             len(plan.invalid) + len(todo.preflight_failed),
             len(todo.in_flight_at_crash),
             concurrency,
-            f"{credits} credits available, {todo.credits_needed} needed, reserve {self.credit_reserve}"
-            if credits is not None
-            else "no credit needed",
+            self._credits_line(credits, todo),
         )
-        self._log_budget(todo)
-        report = batch.run(credits)
-        self.summary = self._log_summary(report, plan)
-        if ti is not None:
-            ti.xcom_push(key="summary", value=self.summary)
-            ti.xcom_push(key=OUTPUT_IDS_KEY, value=_output_ids(plan, report))
-        self._emit_asset_events(context, report, destination)
-        self._raise_if_incomplete(report, plan)
-        return self._xcom(plan, report)
+
+    def _push_xcoms(self, ti: Any, plan: PromptPlan, report: BatchReport) -> None:
+        ti.xcom_push(key=OUTPUT_IDS_KEY, value=_output_ids(plan, report))
 
     def plan_prompts(self) -> PromptPlan:
         """The rendered prompts, validated against the API's limits (reads the models and defaults,
@@ -260,14 +226,6 @@ def _output_ids(plan: PromptPlan, report: BatchReport) -> list[str]:
                     if output_id:
                         seen.setdefault(output_id, None)
     return list(seen)
-
-
-def _batch_label(plan: PromptPlan) -> str:
-    n = len(plan.positions)
-    if not n:
-        return "0 prompts"
-    first, last = plan.display_for(0)[:40], plan.display_for(n - 1)[:40]
-    return f"{n} prompts: {first}" + (f" … {last}" if n > 1 else "")
 
 
 __all__ = ["OUTPUT_IDS_KEY", "StablecogGenerateOperator"]

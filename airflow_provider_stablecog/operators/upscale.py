@@ -17,7 +17,6 @@ See :mod:`airflow_provider_stablecog.utils.inputs` for how each item is classifi
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -27,7 +26,7 @@ from airflow_provider_stablecog.operators.base import (
 )
 
 if TYPE_CHECKING:
-    from airflow.sdk import Context, ObjectStoragePath
+    from airflow.sdk import ObjectStoragePath
 
     from airflow_provider_stablecog.utils.inputs import InputPlan
 
@@ -100,58 +99,34 @@ class UpscaleOperator(StablecogBatchOperator):
 
     # -- execute -----------------------------------------------------------------------------------
 
-    def execute(self, context: Context) -> Any:
-        from airflow_provider_stablecog.batch import BatchOptions, UpscaleBatch
+    def _plan_items(self) -> InputPlan:
         from airflow_provider_stablecog.utils.inputs import coerce_input_list, plan_inputs
 
-        self._stop = threading.Event()
-        max_credits = self._rendered_budget()
-        plan = plan_inputs(coerce_input_list(self.inputs))
-        # a mapped chunk is labelled; an unmapped task renders "" (Airflow then shows no "Map Index")
-        ti = context.get("ti")
-        mapped = ti is None or getattr(ti, "map_index", -1) >= 0
-        context["stablecog_batch_label"] = _batch_label(plan) if mapped else ""  # type: ignore[typeddict-unknown-key]
-        self._log_invalid(plan)
-        concurrency = self._concurrency()
-        # the session is made at the first request: size its pool for the threads first
-        self.hook.pool_size = max(self.hook.pool_size, concurrency + 4)
-        model_id = self._checked_model_id()
-        destination = self._prepare_destination()
-        ledger = self._open_ledger(context, destination, max_credits)
-        options = BatchOptions(
-            model_id=model_id,
-            max_concurrency=concurrency,
-            credit_reserve=self.credit_reserve,
-            max_credits=max_credits,
-            downscale_oversized=self.downscale_oversized,
-            progress_interval=self.progress_interval,
-            resend_possibly_charged=self.resend_possibly_charged,
-        )
-        batch = UpscaleBatch(
-            self.hook.client,
-            plan,
-            options,
-            destination=destination,
-            ledger=ledger,
-            log=self.log,
-            stop_event=self._stop,
-        )
-        todo = batch.plan()
+        return plan_inputs(coerce_input_list(self.inputs))
+
+    def _batch_label(self, plan: InputPlan) -> str:
+        n = len(plan.positions)
+        if not n:
+            return "0 images"
+        first, last = plan.display_for(0), plan.display_for(n - 1)
+        tail = lambda s: s.rstrip("/").rsplit("/", 1)[-1][:40]  # noqa: E731
+        return f"{n} images: {tail(first)}" + (f" … {tail(last)}" if n > 1 else "")
+
+    def _batch_options(self) -> dict[str, Any]:
+        return {"model_id": self._checked_model_id(), "downscale_oversized": self.downscale_oversized}
+
+    def _before_run(self, options: Any, todo: Any, batch: Any) -> None:
         self._apply_credit_plan(options, todo, batch)
-        credits = self._starting_credits() if (todo.to_upscale or self.plan_only) else None
-        if self.plan_only:
-            return self._dry_run_plan(
-                plan,
-                batch,
-                todo,
-                credits,
-                {
-                    "inputs": len(plan.positions),
-                    "unique": len(plan.unique),
-                    "to_upscale": len(todo.to_upscale),
-                    "free": len(todo.free),
-                },
-            )
+
+    def _dry_run_head(self, plan: InputPlan, todo: Any) -> dict[str, Any]:
+        return {
+            "inputs": len(plan.positions),
+            "unique": len(plan.unique),
+            "to_upscale": len(todo.to_upscale),
+            "free": len(todo.free),
+        }
+
+    def _log_start(self, plan: InputPlan, todo: Any, credits: int | None, concurrency: int) -> None:
         self.log.info(
             "Upscaling %d unique images (%d inputs, %d already done, %d to download again, %d invalid, "
             "%d free, %d in flight when an earlier try ended) with %d in flight; %s",
@@ -163,19 +138,8 @@ class UpscaleOperator(StablecogBatchOperator):
             len(todo.free),
             len(todo.in_flight_at_crash),
             concurrency,
-            f"{credits} credits available, {todo.credits_needed} needed, reserve {self.credit_reserve}"
-            if credits is not None
-            else "no credit needed",
+            self._credits_line(credits, todo),
         )
-        self._log_budget(todo)
-        report = batch.run(credits)
-        self.summary = self._log_summary(report, plan)
-        ti = context.get("ti")
-        if ti is not None:  # the spend report, for a downstream task (e.g. a cost tracker)
-            ti.xcom_push(key="summary", value=self.summary)
-        self._emit_asset_events(context, report, destination)
-        self._raise_if_incomplete(report, plan)
-        return self._xcom(plan, report)
 
     # -- steps ---------------------------------------------------------------------------------------
 
@@ -232,12 +196,3 @@ class UpscaleOperator(StablecogBatchOperator):
                 code="invalid_model_id",
             )
         return model_id
-
-
-def _batch_label(plan: InputPlan) -> str:
-    n = len(plan.positions)
-    if not n:
-        return "0 images"
-    first, last = plan.display_for(0), plan.display_for(n - 1)
-    tail = lambda s: s.rstrip("/").rsplit("/", 1)[-1][:40]  # noqa: E731
-    return f"{n} images: {tail(first)}" + (f" … {tail(last)}" if n > 1 else "")
