@@ -30,7 +30,10 @@ class StablecogBatchOperator(BaseOperator):
 
     Its ``__init__`` takes the arguments every batch operator has (documented on each operator);
     a subclass takes its own, passes the rest on, sets its fields and then calls
-    :func:`validate_static`.
+    :func:`validate_static`. Its :meth:`execute` runs every batch the same way; a subclass says
+    what differs: its items (``_plan_items``, ``_batch_label``), its engine options and job kind
+    (``_batch_options``, ``_job_kind``, ``_before_run``), its lines in the log and the dry run
+    (``_log_start``, ``_dry_run_head``) and any XCom beside ``summary`` (``_push_xcoms``).
     """
 
     #: what the items are called in logs and messages
