@@ -27,7 +27,7 @@ import re
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, Generic, Literal, Protocol, TypeVar
 from urllib.parse import unquote, urlsplit
 
 from airflow_provider_stablecog.utils.urls import redact_url
@@ -66,8 +66,15 @@ class InputItem:
         return redact_url(self.value) if self.kind == "url" else self.value
 
 
+class _Shown(Protocol):
+    """What a plan needs of its items: how each appears in logs and messages."""
+
+    @property
+    def display(self) -> str: ...
+
+
 #: the item type of a plan (an :class:`InputItem`, or a prompt's ``GenerationItem``)
-ItemT = TypeVar("ItemT")
+ItemT = TypeVar("ItemT", bound=_Shown)
 
 
 @dataclass(frozen=True)
