@@ -65,8 +65,9 @@ STATE_PREFIX = "stablecog.ledger"
 STATE_VALUE_LIMIT = 65535
 _KEY = re.compile(r"^[0-9a-f]{32}$")
 _IMAGE_STEM = re.compile(r"^[0-9a-f]{32}(-[0-9]+)?$")
-_REV = re.compile(r"^[0-9a-z]+-[0-9a-f]+$")
-_ITEM_NAME = re.compile(r"^(?P<key>[0-9a-f]{32})\.(?P<rev>[0-9a-z]+-[0-9a-f]+)\.json$")
+_REV_PATTERN = r"[0-9a-z]+-[0-9a-f]+"  # what new_rev() makes
+_REV = re.compile(f"^{_REV_PATTERN}$")
+_ITEM_NAME = re.compile(rf"^(?P<key>[0-9a-f]{{32}})\.(?P<rev>{_REV_PATTERN})\.json$")
 IMAGE_EXTENSION = "jpg"
 #: segments kept before the next finishing task merges them into one
 MAX_SEGMENTS = 16
@@ -692,15 +693,21 @@ class Ledger:
         a request about to be sent) that the destination cannot take raises, so nothing is sent
         that no later try could know of. Without a destination: the state store.
 
-        :raises OSError: nothing could take the version (the caller decides: an intent is never
-            sent; an answer stays in memory until :meth:`finish`).
+        :raises OSError: nothing could take the version (an intent is then never sent; an answer
+            is kept in memory and written by :meth:`finish`).
         """
         snapshot = record.copy()
         if self.dest is not None:
             try:
                 self.dest.write(snapshot)
             except OSError as exc:
-                if intent or self.state is None:
+                if intent:  # never sent: nothing to keep
+                    raise
+                if self.state is None:  # kept in memory: finish() writes it with the try's segment
+                    with self._lock:
+                        record.rev = new_rev()  # a segment keeps only versions with a rev
+                        self.records[record.key] = record
+                        self._touched.add(record.key)
                     raise
                 self.log.warning(
                     "Could not record %s at the destination (%s: %s); kept in the task state store, "

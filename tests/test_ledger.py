@@ -205,6 +205,24 @@ def test_with_a_destination_each_version_is_in_one_store_and_the_state_store_is_
     assert again[first.key].path == str(tmp_path / "1.jpg")
 
 
+def test_an_answer_no_store_could_take_is_written_at_the_end_of_the_try(tmp_path):
+    """Airflow 3.1/3.2 (no state store): the destination refuses an answer for a moment; the
+    answer stays in memory and finish() writes it, so the paid item is never lost."""
+    ledger = Ledger(destination=resolve_destination(str(tmp_path)))
+    record = _answered("https://x.test/late.png", 7)
+    write = ledger.dest.write
+
+    def refuse(version):
+        raise OSError(5, "Input/output error")
+
+    ledger.dest.write = refuse
+    with pytest.raises(OSError):
+        ledger.save(record)
+    ledger.dest.write = write
+    ledger.finish()
+    assert Ledger(destination=resolve_destination(str(tmp_path))).load()[record.key].paid
+
+
 def _write_concurrently(target, tasks: int, per_task: int) -> None:
     barrier = threading.Barrier(tasks)
 
