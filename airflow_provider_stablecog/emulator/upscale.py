@@ -274,22 +274,21 @@ async def _work(state: EmulatorState, source: GeneratedOutput | bytes, fault: st
     if fault == "slow":
         state.record_fault(fault)
         delay = max(delay, state.config.slow_seconds)
+    name: str | None = None
     if fault == "worker_failure":
-        await asyncio.sleep(delay)
         state.record_fault(fault)
-        raise WorkerFailed()
-    if isinstance(source, bytes) and imaging.WORKER_FAILS_MARKER in source:
-        await asyncio.sleep(delay)
-        state.ledger.broken_inputs += 1
-        raise WorkerFailed()  # an image the validation accepts and the worker cannot process
-    name, path = state.new_output_file()
-    try:
-        await asyncio.to_thread(_upscale_source, state, source, path)
-    except (OSError, SyntaxError, ValueError) as exc:  # Pillow could not process it: as the worker
-        await asyncio.sleep(max(0.0, delay - (time.monotonic() - started)))
-        state.ledger.broken_inputs += 1
-        raise WorkerFailed() from exc
+    elif isinstance(source, bytes) and imaging.WORKER_FAILS_MARKER in source:
+        state.ledger.broken_inputs += 1  # an image the validation accepts and the worker cannot process
+    else:
+        name, path = state.new_output_file()
+        try:
+            await asyncio.to_thread(_upscale_source, state, source, path)
+        except (OSError, SyntaxError, ValueError):  # Pillow could not process it: as the worker
+            state.ledger.broken_inputs += 1
+            name = None
     await asyncio.sleep(max(0.0, delay - (time.monotonic() - started)))
+    if name is None:
+        raise WorkerFailed()
     return name
 
 
