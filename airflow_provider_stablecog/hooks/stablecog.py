@@ -37,6 +37,7 @@ from airflow_provider_stablecog.client import (
     DEFAULT_READ_TIMEOUT,
 )
 from airflow_provider_stablecog.exceptions import StablecogConfigError
+from airflow_provider_stablecog.hooks import DEFAULT_CONN_ID
 from airflow_provider_stablecog.utils.urls import is_loopback_host, redact_url
 
 if TYPE_CHECKING:
@@ -217,7 +218,7 @@ class StablecogHook(BaseHook):
     """
 
     conn_name_attr = "stablecog_conn_id"
-    default_conn_name = "stablecog_default"
+    default_conn_name = DEFAULT_CONN_ID
     conn_type = "stablecog"
     hook_name = "Stablecog"
 

@@ -14,12 +14,13 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
 
-from airflow_provider_stablecog.hooks.stablecog import StablecogHook
+from airflow_provider_stablecog.hooks import DEFAULT_CONN_ID
 
 if TYPE_CHECKING:
     from airflow.sdk import Context, ObjectStoragePath
 
     from airflow_provider_stablecog.batch import BatchPlan, BatchReport
+    from airflow_provider_stablecog.hooks.stablecog import StablecogHook
     from airflow_provider_stablecog.ledger import Ledger
 
 MAX_ERRORS_SHOWN = 5
@@ -56,7 +57,7 @@ class StablecogBatchOperator(BaseOperator):
         *,
         destination: Any = None,
         model_id: str | None = None,
-        stablecog_conn_id: str = StablecogHook.default_conn_name,
+        stablecog_conn_id: str = DEFAULT_CONN_ID,
         max_concurrency: int | None = None,
         rate_limit: float | None = None,
         credit_reserve: int = 0,
@@ -103,6 +104,8 @@ class StablecogBatchOperator(BaseOperator):
 
     @cached_property
     def hook(self) -> StablecogHook:
+        from airflow_provider_stablecog.hooks.stablecog import StablecogHook  # the client, at run time only
+
         return StablecogHook(self.stablecog_conn_id, rate_limit=self.rate_limit)
 
     def on_kill(self) -> None:

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseSensorOperator, PokeReturnValue
 
 from airflow_provider_stablecog.compat import conf
+from airflow_provider_stablecog.hooks import DEFAULT_CONN_ID
 from airflow_provider_stablecog.utils.inputs import as_count
 
 if TYPE_CHECKING:
@@ -46,7 +47,6 @@ if TYPE_CHECKING:
 
     from airflow_provider_stablecog.hooks.stablecog import StablecogHook
 
-DEFAULT_CONN_ID = "stablecog_default"
 DEFAULT_POKE_INTERVAL = 60.0
 EVENT_STATUSES = ("success", "timeout", "error")
 

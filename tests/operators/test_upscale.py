@@ -386,3 +386,20 @@ def test_upload_key_inputs_are_sent_as_is(emu, tmp_path):
     records = run(UpscaleOperator(task_id="u", inputs=[key], destination=str(tmp_path / "o")))
     assert records[0]["status"] == "upscaled" and Image.open(records[0]["path"]).size == (120, 80)
     assert emu.ledger()["uploads"] == 1  # not uploaded a second time
+
+
+def test_operator_modules_import_without_the_client():
+    """DAG files import the operators at every parse: the hook, client, requests and Pillow come at run time."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "import airflow_provider_stablecog.operators.upscale, airflow_provider_stablecog.operators.generate\n"
+        "heavy = ('requests', 'PIL', 'airflow_provider_stablecog.client', 'airflow_provider_stablecog.hooks.stablecog')\n"
+        "print(','.join(m for m in heavy if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert out.stdout.strip() == ""
