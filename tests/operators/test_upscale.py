@@ -390,16 +390,16 @@ def test_upload_key_inputs_are_sent_as_is(emu, tmp_path):
 
 def test_operator_modules_import_without_the_client():
     """DAG files import the operators at every parse: the hook, client, requests and Pillow come at run time."""
-    import subprocess
-    import sys
+    from tests.importcost import loaded_after_import
 
-    code = (
-        "import sys\n"
-        "import airflow_provider_stablecog.operators.upscale, airflow_provider_stablecog.operators.generate\n"
-        "heavy = ('requests', 'PIL', 'airflow_provider_stablecog.client', 'airflow_provider_stablecog.hooks.stablecog')\n"
-        "print(','.join(m for m in heavy if m in sys.modules))"
+    heavy = (
+        "requests",
+        "PIL",
+        "airflow_provider_stablecog.client",
+        "airflow_provider_stablecog.hooks.stablecog",
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
-    )
-    assert out.stdout.strip() == ""
+    modules = [
+        "airflow_provider_stablecog.operators.upscale",
+        "airflow_provider_stablecog.operators.generate",
+    ]
+    assert loaded_after_import(modules, heavy) == []

@@ -498,19 +498,10 @@ def test_resume_execution_turns_trigger_timeout_into_sensor_timeout():
 
 
 def test_module_import_is_cheap():
-    import subprocess
-    import sys
+    from tests.importcost import loaded_after_import
 
-    code = (
-        "import sys\n"
-        "import airflow_provider_stablecog.sensors.credits, airflow_provider_stablecog.triggers.credits\n"
-        "heavy = ('requests', 'PIL', 'airflow_provider_stablecog.client')\n"
-        "print(','.join(m for m in heavy if m in sys.modules))"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
-    )
-    assert out.stdout.strip() == ""
+    modules = ["airflow_provider_stablecog.sensors.credits", "airflow_provider_stablecog.triggers.credits"]
+    assert loaded_after_import(modules, ("requests", "PIL", "airflow_provider_stablecog.client")) == []
 
 
 # -- the credit plan of a fan-out (credit_plan XCom) ---------------------------------------------
