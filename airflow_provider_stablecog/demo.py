@@ -30,6 +30,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from airflow_provider_stablecog.hooks import DEFAULT_CONN_ID
+
 DAG_ID = "example_stablecog_scheduled_batch"
 DAG_FILE = f"{DAG_ID}.py"
 GENERATE_DAG_ID = "example_stablecog_generate_upscale"
@@ -83,7 +85,7 @@ def run_demo(out: Path, *, credits: int = 100, timeout: float = 600, dag_id: str
     ):
         sandbox = AirflowSandbox(Path(home), Path(home) / "dags")
         shutil.copy(find_example_dags() / DAG_FILE, sandbox.dags_folder / DAG_FILE)
-        sandbox.set_connection_env("stablecog_default", conn)
+        sandbox.set_connection_env(DEFAULT_CONN_ID, conn)
         print("Migrating a throwaway Airflow metadata DB (SQLite)...")
         sandbox.migrate()
         print(f"Running: airflow dags test {DAG_ID}")
@@ -118,7 +120,7 @@ def run_generate_demo(out: Path, *, credits: int = 100, timeout: float = 600) ->
         examples = find_example_dags()
         shutil.copy(examples / f"{GENERATE_DAG_ID}.py", sandbox.dags_folder / f"{GENERATE_DAG_ID}.py")
         shutil.copytree(examples / "data", sandbox.dags_folder / "data")
-        sandbox.set_connection_env("stablecog_default", conn)
+        sandbox.set_connection_env(DEFAULT_CONN_ID, conn)
         print("Migrating a throwaway Airflow metadata DB (SQLite)...")
         sandbox.migrate()
         print(f"Running: airflow dags test {GENERATE_DAG_ID}")
