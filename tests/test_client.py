@@ -488,3 +488,33 @@ def test_download_429_waits_retry_after_without_a_shared_limiter(client, request
         and len(sleeps) == 1
         and 2.0 <= sleeps[0] <= 2.0 + client.retry_policy.rate_limit_jitter
     )
+
+
+def test_proxy_environment_is_honoured_and_read_once_per_host(monkeypatch):
+    """The session takes proxies and CA bundle from the environment as requests does, reading the
+    environment once per scheme and host rather than on every request."""
+    import requests.utils
+
+    reads = []
+    real = requests.utils.get_environ_proxies
+
+    def counting(url, no_proxy=None):
+        reads.append(url)
+        return real(url, no_proxy=no_proxy)
+
+    monkeypatch.setattr(requests.utils, "get_environ_proxies", counting)
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.test:3128")
+    monkeypatch.setenv("NO_PROXY", "bypass.test")
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/etc/ca.pem")
+    urls = ["https://api.test/v1/a", "https://api.test/v1/b", "https://bypass.test/x", "https://api.test/v1/c"]
+    with StablecogClient(API_KEY, BASE_URL) as client:
+        session = client.session
+        ours = [session.merge_environment_settings(u, {}, None, None, None) for u in urls]
+        assert len(reads) == 2  # api.test and bypass.test, once each
+        plain = requests.Session()
+        assert ours == [plain.merge_environment_settings(u, {}, None, None, None) for u in urls]
+        assert ours[0]["proxies"] == {"https": "http://proxy.test:3128", "no": "bypass.test"}
+        assert ours[0]["verify"] == "/etc/ca.pem"
+        assert "https" not in ours[2]["proxies"]  # NO_PROXY honoured
+        session.trust_env = False  # still turns the environment off
+        assert session.merge_environment_settings(urls[0], {}, None, None, None)["proxies"] == {}
