@@ -235,6 +235,8 @@ class UpscaleBatch:
                 if self.destination is not None and not self.ledger.image_present(key, outputs):
                     to_download.append(key)
                 else:
+                    if self.destination is not None and not record.path:  # written by a try that died
+                        self._found_images(record, outputs)
                     record.status = SKIPPED
                     skipped.append(key)
                 continue
@@ -287,6 +289,19 @@ class UpscaleBatch:
                 else "not resending them (resend_possibly_charged=False)",
             )
         return self._plan
+
+    def _found_images(self, record: ItemRecord, outputs: int | None) -> None:
+        """Paths of an item's images that a try wrote but could not record before it died (their
+        size is not known without reading them back, and is left out)."""
+        assert self.destination is not None
+        names = [image_name(record.key, i) for i in range(outputs)] if outputs else [image_name(record.key)]
+        paths = [_shown_path(self.destination / n) for n in names]
+        record.path = paths[0]
+        if outputs:
+            record.paths = paths
+        done = record.copy()  # the destination's view: done (this try reports it as skipped)
+        done.status = self.kind.done_status
+        self.ledger.keep(done)
 
     def _costs(self, keys: list[str]) -> dict[str, int]:
         """Each key's price (the job kind's: 1 per upscale, num_outputs per generation)."""
@@ -799,7 +814,7 @@ class UpscaleBatch:
                 self.client.download(url, writer.open)
                 with writer.temp.open("rb") as fh:
                     width, height = images.image_size(fh)
-            path = target.path if target.protocol in ("file", "local") else str(target)
+            path = _shown_path(target)
             first = first or (path, width, height)
             if multi:
                 with self._lock:
@@ -807,7 +822,9 @@ class UpscaleBatch:
         assert first is not None
         with self._lock:
             record.downloaded(*first, status=self.kind.done_status)
-        self.ledger.save(record)
+        # the image itself is the durable proof (written whole or not at all): its record goes into
+        # the try's segment, and a try that dies first leaves the next one "paid, image present"
+        self.ledger.keep(record)
         return first
 
     def _on_downloaded(self, key: str, future: Future) -> None:
@@ -995,6 +1012,11 @@ def _open_source(item: InputItem) -> ObjectStoragePath:
 
     value = item.value
     return ObjectStoragePath(value if "://" in value else "file://" + value)
+
+
+def _shown_path(target: ObjectStoragePath) -> str:
+    """How an image's place is shown in records: a local path, or the object's URL."""
+    return target.path if target.protocol in ("file", "local") else str(target)
 
 
 __all__ = ["BatchOptions", "BatchPlan", "BatchReport", "ItemRecord", "ItemResult", "UpscaleBatch"]

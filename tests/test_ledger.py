@@ -312,3 +312,49 @@ def test_a_generation_record_keeps_every_output_and_prices_its_requests(tmp_path
     assert "output_id" not in xcom and "url" not in xcom  # the lists say it all
     assert xcom["output_ids"] == ["o0", "o1", "o2"] and xcom["adopted"] == 1 and xcom["seed"] == 7
     assert credits_needed(["a", "b", "c"], {}, free=["c"], cost={"a": 2, "b": 4}) == 6
+
+
+def test_every_read_and_write_goes_through_the_airflow_filesystem(monkeypatch):
+    """The ledger and the destination's writes use the path's ``fs`` (Airflow's, connection-aware),
+    never the path's own methods: with no ``conn_id`` those build a second filesystem — on S3 a
+    second client (~0.4 s to start) — and report every ledger object to hook lineage."""
+    from airflow.sdk import ObjectStoragePath
+
+    from airflow_provider_stablecog.utils.storage import AtomicWrite, ensure_directory
+
+    from fsspec.implementations.memory import MemoryFileSystem
+
+    from airflow.sdk.io import attach
+
+    attach("memory", fs=MemoryFileSystem())
+
+    def refusing(name):
+        real = getattr(ObjectStoragePath, name)
+
+        def method(self, *args, **kwargs):
+            if self.protocol not in ("file", "local", ""):  # a local temporary file may use them
+                raise AssertionError(f"{self}: {name}() used instead of the path's fs")
+            return real(self, *args, **kwargs)
+
+        return method
+
+    for name in ("write_bytes", "read_bytes", "mkdir", "unlink", "exists", "iterdir", "open"):
+        monkeypatch.setattr(ObjectStoragePath, name, refusing(name))
+    dest = resolve_destination("memory://fs-only/out")
+    ensure_directory(dest, lambda exc: exc)
+    ledger = Ledger(destination=dest)
+    ledger.load()
+    record = ItemRecord(key=item_key("https://x.test/a.png"), input="https://x.test/a.png")
+    nonce = ledger.sent(record)
+    ledger.settle(record, nonce)
+    record.answered("o1", "https://cdn.test/a.jpeg", charged=True)
+    ledger.save(record)
+    target = dest / "a.jpg"
+    with AtomicWrite(target) as writer:
+        writer.open().write(b"image")
+    record.downloaded(str(target), 1, 1)
+    ledger.keep(record)
+    ledger.finish()
+    assert dest.fs.cat_file(target.path) == b"image"
+    again = Ledger(destination=dest).load()[record.key]
+    assert again.paid and again.path == str(target)

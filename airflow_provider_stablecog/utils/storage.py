@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import uuid
 from collections.abc import Callable, Iterable
 from typing import IO, TYPE_CHECKING, Any
@@ -91,9 +90,8 @@ class AtomicWrite:
             if exc_type is None and self._fh is not None:
                 if self._local_target:
                     os.replace(self.temp.path, self.target.path)
-                else:
-                    with self.temp.open("rb") as src, self.target.open("wb") as dst:
-                        shutil.copyfileobj(src, dst, 1024 * 1024)
+                else:  # one upload through Airflow's filesystem for the path (see ledger._create)
+                    self.target.fs.put_file(self.temp.path, self.target.path)
         finally:
             if self.temp.exists():
                 self.temp.unlink()
@@ -128,7 +126,7 @@ def read_manifest(destination: ObjectStoragePath | str) -> dict[str, dict[str, A
     """The manifest's records by key (the last record of a key wins); empty when there is none."""
     manifest = resolve_destination(destination) / MANIFEST_NAME
     try:
-        text = manifest.read_bytes().decode("utf-8", errors="replace")
+        text = manifest.fs.cat_file(manifest.path).decode("utf-8", errors="replace")
     except FileNotFoundError:
         return {}
     records: dict[str, dict[str, Any]] = {}
@@ -160,9 +158,10 @@ def write_manifest(
 def ensure_directory(path: ObjectStoragePath, on_error: Callable[[Exception], Exception]) -> None:
     """Create the destination (a no-op on object stores) and prove it is writable."""
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / f".stablecog-write-test-{uuid.uuid4().hex[:8]}"
-        probe.write_bytes(b"")
-        probe.unlink()
+        fs = path.fs  # Airflow's, as every later read and write (see ledger._create)
+        fs.makedirs(path.path, exist_ok=True)
+        probe = f"{path.path.rstrip('/')}/.stablecog-write-test-{uuid.uuid4().hex[:8]}"
+        fs.pipe_file(probe, b"")
+        fs.rm_file(probe)
     except Exception as exc:
         raise on_error(exc) from None

@@ -97,3 +97,24 @@ def test_a_destination_only_crash_is_read_without_the_state_store(emu, tmp_path)
         task_id="u", inputs=urls, destination=str(tmp_path), progress_interval=0
     ).execute(make_context())
     assert records[0].get("possibly_double_charged") == 1 and emu.ledger()["net_charged"] == 3
+
+
+def test_images_written_by_a_try_that_died_before_its_end_are_skipped(emu, tmp_path, monkeypatch):
+    """A file's record waits for the end-of-try segment: a try killed before it leaves "paid, file
+    present", which the next try skips (pays nothing) and shows with the file's path."""
+    urls = [emu.sample_url(f"{20 + i}x35.png") for i in range(3)]
+    with monkeypatch.context() as m:
+        m.setattr(Ledger, "finish", lambda self, records=(): None)  # killed after the last download
+        first = UpscaleOperator(
+            task_id="u", inputs=urls, destination=str(tmp_path), progress_interval=0
+        ).execute(make_context())
+    assert [r["status"] for r in first] == ["upscaled"] * 3
+    assert not (tmp_path / "manifest.jsonl").exists()
+    records = UpscaleOperator(
+        task_id="u", inputs=urls, destination=str(tmp_path), progress_interval=0
+    ).execute(make_context())
+    assert [r["status"] for r in records] == ["skipped"] * 3
+    assert [r["path"] for r in records] == [r["path"] for r in first]
+    assert emu.ledger()["net_charged"] == 3
+    manifest = Ledger(destination=resolve_destination(tmp_path)).load()
+    assert {r.path for r in manifest.values()} == {r["path"] for r in first}
