@@ -379,6 +379,11 @@ class FullFileSystem:
                     handle.write = limited
                 return handle
 
+            def pipe_file(self, path, value, *args, **kwargs):  # a whole object in one write
+                if len(value) > full_from:
+                    raise OSError(errno.ENOSPC, "No space left on device")
+                return super().pipe_file(path, value, *args, **kwargs)
+
         from airflow.sdk.io.store import attach
 
         _Full.protocol = (protocol,)
