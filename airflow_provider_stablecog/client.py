@@ -1046,7 +1046,7 @@ def _session_class() -> type:
 
         def merge_environment_settings(
             self, url: Any, proxies: Any, stream: Any, verify: Any, cert: Any
-        ) -> dict[str, Any]:
+        ) -> Any:
             if not self.trust_env:
                 return super().merge_environment_settings(url, proxies, stream, verify, cert)
             no_proxy = proxies.get("no_proxy") if proxies is not None else None

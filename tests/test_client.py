@@ -506,7 +506,12 @@ def test_proxy_environment_is_honoured_and_read_once_per_host(monkeypatch):
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.test:3128")
     monkeypatch.setenv("NO_PROXY", "bypass.test")
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/etc/ca.pem")
-    urls = ["https://api.test/v1/a", "https://api.test/v1/b", "https://bypass.test/x", "https://api.test/v1/c"]
+    urls = [
+        "https://api.test/v1/a",
+        "https://api.test/v1/b",
+        "https://bypass.test/x",
+        "https://api.test/v1/c",
+    ]
     with StablecogClient(API_KEY, BASE_URL) as client:
         session = client.session
         ours = [session.merge_environment_settings(u, {}, None, None, None) for u in urls]

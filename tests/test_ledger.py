@@ -319,12 +319,10 @@ def test_every_read_and_write_goes_through_the_airflow_filesystem(monkeypatch):
     never the path's own methods: with no ``conn_id`` those build a second filesystem — on S3 a
     second client (~0.4 s to start) — and report every ledger object to hook lineage."""
     from airflow.sdk import ObjectStoragePath
-
-    from airflow_provider_stablecog.utils.storage import AtomicWrite, ensure_directory
-
+    from airflow.sdk.io import attach
     from fsspec.implementations.memory import MemoryFileSystem
 
-    from airflow.sdk.io import attach
+    from airflow_provider_stablecog.utils.storage import AtomicWrite, ensure_directory
 
     attach("memory", fs=MemoryFileSystem())
 
