@@ -67,7 +67,7 @@ from airflow_provider_stablecog.ledger import (
     image_name,
     item_key,
 )
-from airflow_provider_stablecog.utils import images
+from airflow_provider_stablecog.utils import images, is_local
 from airflow_provider_stablecog.utils.storage import AtomicWrite
 
 if TYPE_CHECKING:
@@ -1016,7 +1016,7 @@ def _open_source(item: InputItem) -> ObjectStoragePath:
 
 def _shown_path(target: ObjectStoragePath) -> str:
     """How an image's place is shown in records: a local path, or the object's URL."""
-    return target.path if target.protocol in ("file", "local") else str(target)
+    return target.path if is_local(target) else str(target)
 
 
 __all__ = ["BatchOptions", "BatchPlan", "BatchReport", "ItemRecord", "ItemResult", "UpscaleBatch"]

@@ -52,6 +52,8 @@ from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
+from airflow_provider_stablecog.utils import is_local
+
 if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
 
@@ -558,7 +560,7 @@ def _create(target: ObjectStoragePath, data: bytes) -> None:
     process (SIGKILL, OOM, timeout) — the failures this ledger is for. No fsync: a lost machine
     takes its worker with it, and a version damaged by a power cut is read as absent.
     """
-    if target.protocol in ("file", "local", ""):
+    if is_local(target):
         temp = f"{os.path.dirname(target.path)}/.{target.name}.{uuid.uuid4().hex[:8]}.part"
         with open(temp, "wb") as fh:
             fh.write(data)

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, Literal, Protocol, TypeVar
 from urllib.parse import unquote, urlsplit
 
+from airflow_provider_stablecog.utils import is_local
 from airflow_provider_stablecog.utils.urls import redact_url
 
 InputKind = Literal["url", "output_id", "upload_key", "local_file", "object_storage"]
@@ -153,7 +154,7 @@ def plan_inputs(values: Iterable[Any]) -> InputPlan:
 def parse_input(raw: Any, position: int = 0) -> InputItem | InvalidInput:
     """Classify one item, or say why it is not usable."""
     if _is_object_storage_path(raw):
-        if raw.protocol in ("file", "local"):
+        if is_local(raw):
             return _parse_path(raw.path, position)
         return InputItem(key=str(raw), kind="object_storage", value=str(raw))
     if isinstance(raw, os.PathLike):

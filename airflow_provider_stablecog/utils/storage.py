@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable
 from typing import IO, TYPE_CHECKING, Any
 
 from airflow_provider_stablecog.ledger import MANIFEST_FIELDS, MANIFEST_NAME
+from airflow_provider_stablecog.utils import is_local
 
 if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
@@ -59,7 +60,7 @@ class AtomicWrite:
 
     def __init__(self, target: ObjectStoragePath) -> None:
         self.target = target
-        self._local_target = _is_local(target)
+        self._local_target = is_local(target)
         if self._local_target:
             self.temp = target.parent / f".{target.name}.{uuid.uuid4().hex[:12]}.part"
         else:
@@ -111,10 +112,6 @@ class _NoCloseFile:
 
     def __exit__(self, *exc: object) -> None:
         self._fh.flush()
-
-
-def _is_local(path: ObjectStoragePath) -> bool:
-    return path.protocol in ("file", "local", "")
 
 
 def write_bytes_atomic(target: ObjectStoragePath, data: bytes) -> None:
